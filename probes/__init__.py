@@ -1,0 +1,1 @@
+"""Ideal-word decomposition and controlled linear probes for hooked text encoders."""
