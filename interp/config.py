@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from interp.errors import ClipInterpError
+
 ActFn = Literal["gelu", "gelu_tanh", "quick_gelu", "relu"]
 PoolType = Literal["argmax", "eos", "first", "last", "mean"]
 
@@ -17,7 +19,7 @@ ACT_FNS: tuple[str, ...] = ("gelu", "gelu_tanh", "quick_gelu", "relu")
 POOL_TYPES: tuple[str, ...] = ("argmax", "eos", "first", "last", "mean")
 
 
-class ConfigError(ValueError):
+class ConfigError(ClipInterpError, ValueError):
     """A configuration the hooked encoder cannot represent faithfully."""
 
 

@@ -19,10 +19,12 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from interp.errors import ClipInterpError
+
 log = logging.getLogger(__name__)
 
 
-class TokenizationError(ValueError):
+class TokenizationError(ClipInterpError, ValueError):
     """A text cannot be tokenized as asked (empty, or longer than the model's context)."""
 
 
