@@ -176,7 +176,10 @@ def local_cka_scores(
 
 
 def retrieval_topk(scores: Float[np.ndarray, "nq nq"], ks: Sequence[int] = TOP_K) -> dict[str, float]:
-    """Share of queries whose gold candidate (the diagonal) ranks within the top k (ties count against)."""
+    """Share of queries whose gold candidate (the diagonal) ranks within the top k.
+
+    rank = number of candidates scoring strictly higher than the gold (ties resolved in the gold's favour).
+    """
     gold = np.diag(scores)
     rank = np.sum(scores > gold[:, None], axis=1)
     return {f"top{k}": float(np.mean(rank < k)) for k in ks}
