@@ -27,7 +27,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default=DEFAULT_MODEL,
                        help=f"open_clip model name, 'tiny', 'all-MiniLM-L6-v2', or a Hugging Face CLIP directory (default {DEFAULT_MODEL})")
     group.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
-                       help=f"open_clip tag, checkpoint file, Hugging Face directory, or 'none' for random init (default {DEFAULT_PRETRAINED})")
+                       help="open_clip tag, checkpoint file, Hugging Face directory, 'none' for random init, or 'default': the model's reference weights (openai for open_clip models, packaged weights for all-MiniLM-L6-v2, random for tiny)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     group.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="precision of the encoder (default float32)")
     group.add_argument("--seed", type=int, default=0, help="seed of random init and of every random draw (default 0)")

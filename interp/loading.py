@@ -33,7 +33,10 @@ from interp.tokenization import CLIPTokenizer
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "ViT-B-32-quickgelu"
-DEFAULT_PRETRAINED = "openai"
+# "default" = the model's reference weights: "openai" for open_clip names that have it (the
+# reference study's checkpoint), the packaged weights of a registered encoder, random for "tiny".
+DEFAULT_PRETRAINED = "default"
+REFERENCE_TAG = "openai"
 TINY = "tiny"
 _RANDOM_TAGS = (None, "none", "None", "random")
 
@@ -202,8 +205,9 @@ def load_text_encoder(
     Args:
         name: open_clip model name, ``"tiny"``, a registered encoder name, a Hugging Face CLIP
             directory, or a model object (open_clip CLIP or transformers CLIP).
-        pretrained: open_clip tag, checkpoint file, Hugging Face directory, or None for random init.
-            For ``"tiny"`` and registered encoders the default tag means "their own weights".
+        pretrained: open_clip tag, checkpoint file, Hugging Face directory, None (or "none") for
+            random init, or "default": the model's reference weights ("openai" for open_clip names
+            that have it, a registered encoder's packaged weights, random init for "tiny").
         device, dtype: where and in what precision the hooked encoder runs.
         seed: seed of random init.
     """
@@ -214,7 +218,7 @@ def load_text_encoder(
         return encoder.to(device=device, dtype=dtype)
     name = str(name)
     if name in EXTRA_ENCODERS:
-        tag = None if pretrained == DEFAULT_PRETRAINED else pretrained
+        tag = None if _is_random(pretrained) else str(pretrained)
         module_name, _, function = EXTRA_ENCODERS[name].partition(":")
         loader = getattr(importlib.import_module(module_name), function)
         return loader(pretrained=tag, device=device, dtype=dtype, seed=seed)
@@ -222,14 +226,28 @@ def load_text_encoder(
         return _load_hf_clip(name, device, dtype, name)
     if not _is_random(pretrained) and _is_hf_clip_dir(Path(str(pretrained))):
         return _load_hf_clip(str(pretrained), device, dtype, f"{name} ({pretrained})")
-    if name == TINY and pretrained == DEFAULT_PRETRAINED:
-        pretrained = None
+    pretrained = _resolve_default_tag(name, pretrained)
     model = create_open_clip_model(name, pretrained, device="cpu", seed=seed)
     tag = None if _is_random(pretrained) else str(pretrained)
     cfg, sd, log_scale = convert_open_clip_text(model, name, tag)
     if tag is None:
         cfg.pretrained = f"random-init (seed {seed})"
     return _build(cfg, sd, log_scale, device, dtype)
+
+
+def _resolve_default_tag(name: str, pretrained: Any) -> Any:
+    if pretrained != DEFAULT_PRETRAINED:
+        return pretrained
+    if name == TINY:
+        return None
+    _check_open_clip_name(name)
+    tags = import_open_clip().list_pretrained_tags_by_model(name)
+    if REFERENCE_TAG in tags:
+        return REFERENCE_TAG
+    raise UnknownModelError(
+        f"{name!r} has no '{REFERENCE_TAG}' weights to use by default: pass --pretrained with one of "
+        f"{', '.join(tags) or '(no tags)'}, a checkpoint path, or none"
+    )
 
 
 def weights_fingerprint(model: nn.Module) -> str:
