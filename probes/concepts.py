@@ -12,6 +12,8 @@ keys (see docs/probes.md).
 
 from __future__ import annotations
 
+from interp.errors import ClipInterpError
+
 import itertools
 import json
 import string
@@ -25,7 +27,7 @@ import yaml
 BUILTIN_PACKAGE = "probes.concept_sets"
 
 
-class ConceptSetError(ValueError):
+class ConceptSetError(ClipInterpError, ValueError):
     """A concept set (or idiom test) file or dict is malformed; the message names the fix."""
 
 

@@ -20,6 +20,8 @@ from an encoder is in :mod:`probes.embeddings`, the report CLI in :mod:`probes.i
 
 from __future__ import annotations
 
+from interp.errors import ClipInterpError
+
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -30,7 +32,7 @@ from torch import Tensor
 AlphaSpec = Sequence[Sequence[float] | Tensor | None] | None
 
 
-class DecompositionError(ValueError):
+class DecompositionError(ClipInterpError, ValueError):
     """The embeddings or weights given to the decomposition are malformed."""
 
 
@@ -236,6 +238,6 @@ def parse_alpha_args(items: Sequence[str]) -> dict[str, dict[str, float]]:
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through the CLI tests
-    from probes.ideal_words_report import main
+    from probes.ideal_words_report import cli
 
-    raise SystemExit(main())
+    raise SystemExit(cli())
