@@ -42,7 +42,9 @@ _RANDOM_TAGS = (None, "none", "None", "random")
 
 # Other encoder families: name -> "module:function" taking (pretrained, device, dtype, seed);
 # imported only when asked for, so CLIP users never import their dependencies.
-EXTRA_ENCODERS: dict[str, str] = {}
+EXTRA_ENCODERS: dict[str, str] = {
+    "all-MiniLM-L6-v2": "interp.bert:load_minilm",
+}
 
 
 def _tiny_open_clip_model() -> nn.Module:
