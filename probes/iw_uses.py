@@ -51,7 +51,10 @@ def load_image_embeddings(path: str | Path) -> tuple[Tensor, list[str] | None]:
         if "embeddings" not in data:
             raise LabelError(f"{path} has no 'embeddings' array (found {list(data.keys())})")
         emb = data["embeddings"]
-        ids = [str(x) for x in data["ids"]] if "ids" in data else None
+        try:
+            ids = [str(x) for x in data["ids"]] if "ids" in data else None
+        except ValueError as exc:
+            raise LabelError(f"{path}: 'ids' must be a string array, e.g. np.array(ids, dtype=str)") from exc
     elif path.suffix == ".pt":
         obj = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(obj, dict):

@@ -172,7 +172,10 @@ def fit_direction(features: Float[Tensor, "n d"], labels: Sequence[int], C: floa
     scaler = StandardScaler().fit(X)
     clf = LogisticRegression(C=C, max_iter=MAX_ITER).fit(scaler.transform(X), y)
     w = clf.coef_[0] / scaler.scale_
-    w = torch.from_numpy(w / np.linalg.norm(w))
+    norm = np.linalg.norm(w)
+    if norm == 0:  # nothing separates the classes (e.g. identical features): a zero direction, no edit
+        log.warning("probe at layer %s, role %s has a zero weight vector: the classes are inseparable", layer, role)
+    w = torch.from_numpy(w / norm if norm > 0 else w)
     proj = features.detach().to(torch.float64).cpu() @ w
     return ProbeDirection(
         direction=w, mean_pos=float(proj[y == 1].mean()), mean_neg=float(proj[y == 0].mean()),
