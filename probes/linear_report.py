@@ -234,7 +234,7 @@ def draw_figures(rep: ReportDir, probe_df: pd.DataFrame, causal: pd.DataFrame) -
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     rep.figure(g.figure, "probe_by_layer")
     fig, ax = plt.subplots(figsize=(6, 4))
-    sns.boxplot(data=causal, x="intervention", y="change", hue="direction", ax=ax)
+    sns.stripplot(data=causal, x="intervention", y="change", hue="direction", dodge=True, size=3, alpha=0.6, ax=ax)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_title("score change when the direction is removed (N) / added (A)")
     rep.figure(fig, "causal")

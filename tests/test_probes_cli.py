@@ -1,0 +1,127 @@
+"""Both probes CLIs end to end on the tiny random CLIP: report directories, tables that agree with the
+library functions, the random-init baseline beside a (stand-in) trained model, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import interp
+from probes import ideal_words_report, linear_report
+from probes.concepts import concept_set_from_dict
+from probes.ideal_words_report import random_baseline
+from probes.iw_analysis import embed_concept_set, is_random_init
+from probes.ideal_words import compositionality_metrics
+
+SET = {"name": "mini", "template": "a photo of a {colour} {object}",
+       "factors": [{"name": "colour", "values": ["red", "blue", "green"]},
+                   {"name": "object", "values": ["car", "cup"]}],
+       "single_templates": {"colour": "a photo of a {colour} object", "object": "a photo of a {object}"}}
+
+
+@pytest.fixture(scope="module")
+def concept_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("sets") / "mini.yaml"
+    p.write_text(yaml.safe_dump(SET))
+    return p
+
+
+@pytest.fixture(scope="module")
+def stand_in_trained():
+    """The tiny tower relabelled as if it had trained weights, so the CLI runs its baseline branch."""
+    model = interp.load_text_encoder("tiny", None)
+    model.cfg.pretrained = "stand-in for trained weights (test)"
+    return model
+
+
+def test_random_baseline_is_fresh_weights(stand_in_trained):
+    base = random_baseline(stand_in_trained, seed=3)
+    assert is_random_init(base) and not is_random_init(stand_in_trained)
+    assert not torch.equal(base.embed.W_E, stand_in_trained.embed.W_E)
+    assert base.cfg.n_layers == stand_in_trained.cfg.n_layers
+
+
+def test_ideal_words_cli(tmp_path, concept_file, stand_in_trained, monkeypatch):
+    monkeypatch.setattr(ideal_words_report, "load_model_from_args", lambda args: stand_in_trained)
+    cs = concept_set_from_dict(SET)
+    # planted image embeddings: one per combination, equal to the combination's own text embedding
+    emb = embed_concept_set(stand_in_trained, cs, layers=False)
+    ids = [f"im{i}.jpg" for i in range(6)]
+    np.savez(tmp_path / "img.npz", embeddings=emb.final.reshape(6, -1).numpy(), ids=np.array(ids, dtype=str))
+    pd.DataFrame({"image": ids, "colour": [c for c, _ in cs.combinations()],
+                  "object": [o for _, o in cs.combinations()]}).to_csv(tmp_path / "labels.csv", index=False)
+    out = tmp_path / "iw"
+    code = ideal_words_report.cli(["--model", "tiny", "--concepts", str(concept_file), "--out", str(out),
+                                   "--image-embeddings", str(tmp_path / "img.npz"), "--labels",
+                                   str(tmp_path / "labels.csv"), "--debias-class", "object"])
+    assert code == 0
+    for name in ("config.json", "versions.json", "metrics.csv", "residuals.csv", "ideal_words.csv", "idioms.csv",
+                 "zero_shot.csv", "zero_shot_predictions.csv", "debias.csv", "report.md",
+                 "figures/iw_by_layer.png", "figures/metrics_final.png", "figures/idioms.png"):
+        assert (out / name).is_file(), name
+    m = pd.read_csv(out / "metrics.csv")
+    assert set(m["model_kind"]) == {"model", "random-init baseline"}
+    assert sorted(m["layer"].unique().tolist()) == ["0", "1", "2", "final"]
+    final = m[(m["model_kind"] == "model") & (m["layer"] == "final")].iloc[0]
+    assert final["IW"] == pytest.approx(compositionality_metrics(emb.final)["IW"], rel=1e-9)
+    # the residual table is the data behind IW
+    r = pd.read_csv(out / "residuals.csv")
+    mean_res = r[(r["model_kind"] == "model") & (r["layer"] == "final")]["residual"].mean()
+    assert mean_res == pytest.approx(final["IW"], rel=1e-9)
+    zs = pd.read_csv(out / "zero_shot.csv").set_index(["method", "target"])
+    assert zs.loc[("pair_prompts", "pair"), "accuracy"] == 1.0  # each image is its own pair prompt
+    report = (out / "report.md").read_text()
+    assert "stand-in for trained weights (test)" in report and "random-init" in report
+    config = json.loads((out / "config.json").read_text())
+    assert config["concept_sets"][0]["name"] == "mini"
+
+
+def test_ideal_words_cli_alpha_and_errors(tmp_path, concept_file, capsys):
+    out = tmp_path / "iw"
+    args = ["--model", "tiny", "--pretrained", "none", "--concepts", str(concept_file), "--idioms", "none",
+            "--no-layers", "--out", str(out)]
+    assert ideal_words_report.cli(args + ["--alpha", "object:cup=1"]) == 0
+    iw = pd.read_csv(out / "ideal_words.csv")
+    cup = iw[(iw["factor"] == "object") & (iw["value"] == "cup")].iloc[0]
+    assert cup["alpha"] == 1.0 and cup["norm"] == pytest.approx(0.0, abs=1e-12)
+    assert "random weights" in (out / "report.md").read_text()
+    # existing output is refused, nothing half-written is left behind on errors
+    assert ideal_words_report.cli(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**SET, "template": "a photo of a {colour} thing"}))
+    assert ideal_words_report.cli(["--model", "tiny", "--pretrained", "none", "--concepts", str(bad),
+                                   "--out", str(tmp_path / "x")]) == 2
+    assert "no placeholder for factor(s) ['object']" in capsys.readouterr().err
+    assert ideal_words_report.cli(args[:-1] + [str(tmp_path / "y"), "--labels", "l.csv"]) == 2
+    assert "without --image-embeddings" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.partial-*"))
+
+
+def test_linear_cli(tmp_path, capsys):
+    out = tmp_path / "lin"
+    args = ["--task", "existence", "--model", "tiny", "--pretrained", "none", "--limit", "16", "--folds", "4",
+            "--layers", "0,2", "--roles", "negator,period,pooled", "--out", str(out)]
+    assert linear_report.cli(args) == 0
+    probe = pd.read_csv(out / "probe.csv")
+    assert len(probe) == 6 and set(probe["layer"]) == {0, 2}
+    # the negator token differs between N and A: readable at layer 0; EOT before any block is not
+    first = probe.set_index(["role", "layer"])
+    assert first.loc[("negator", 0), "accuracy"] == 1.0
+    assert first.loc[("pooled", 0), "accuracy"] == 0.5
+    dirs = np.load(out / "directions.npz")
+    assert set(dirs.files) == {f"{r}/L{l}" for r in ("negator", "period", "pooled") for l in (0, 2)}
+    causal = pd.read_csv(out / "causal.csv")
+    assert len(causal) == 2 * 32 and set(causal["direction"]) == {"probe", "random"}
+    assert (causal["layer"] == 2).all()  # pooled is only selective after the blocks
+    assert "random weights" in (out / "report.md").read_text()
+    assert (out / "figures/probe_by_layer.png").is_file() and (out / "figures/causal.png").is_file()
+    assert linear_report.cli(args[:-1] + [str(tmp_path / "b"), "--causal-role", "EOT"]) == 2
+    assert "is not among --roles" in capsys.readouterr().err
+    assert linear_report.cli(args[:-1] + [str(tmp_path / "c"), "--layers", "0,9"]) == 2
+    assert "outside 0..2" in capsys.readouterr().err
