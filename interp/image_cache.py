@@ -304,3 +304,31 @@ def save_precomputed_embeddings(
         raise ValueError(f"{path}: save as .npz or .safetensors")
     os.replace(tmp, path)
     return path
+
+
+def image_embeddings(
+    model: torch.nn.Module | None,
+    model_name: str,
+    checkpoint: str | os.PathLike | None,
+    image_files: Sequence[str],
+    *,
+    images_dir: str | os.PathLike | None = None,
+    embeddings_file: str | os.PathLike | None = None,
+    **embed_kwargs: Any,
+) -> Float[Tensor, "n d_embed"]:
+    """Image embeddings from exactly one source: a folder of images (through the cache) or a
+    precomputed file. ``model`` may be None with a precomputed file.
+
+    Raises:
+        ValueError: neither or both sources given (use the text target when there are no images).
+    """
+    if (images_dir is None) == (embeddings_file is None):
+        raise ValueError(
+            "give exactly one of images_dir (--images DIR) or embeddings_file (--image-embeddings FILE); "
+            "without images use the text target (--target text)"
+        )
+    if embeddings_file is not None:
+        return load_precomputed_embeddings(embeddings_file, image_files)
+    if model is None:
+        raise ValueError("computing embeddings from images_dir needs the open_clip model (its image tower)")
+    return embed_images(model, model_name, checkpoint, images_dir, image_files, **embed_kwargs)

@@ -261,3 +261,18 @@ def test_precomputed_bad_input(tmp_path):
         load_precomputed_embeddings(tmp_path / "ragged.npz", ["a.jpg", "b.jpg"])
     with pytest.raises(ValueError, match="distinct"):
         save_precomputed_embeddings(tmp_path / "dup.npz", ["a.jpg", "a.jpg"], np.ones((2, 4)))
+
+
+def test_image_embeddings_dispatches_to_one_source(tiny_model, image_folder, tmp_path):
+    from interp.image_cache import image_embeddings
+
+    folder, names = image_folder
+    from_images = image_embeddings(tiny_model, "tiny", None, names, images_dir=folder,
+                                   cache_dir=tmp_path / "cache", progress=False)
+    save_precomputed_embeddings(tmp_path / "e.safetensors", names, from_images)
+    from_file = image_embeddings(None, "tiny", None, names[::-1], embeddings_file=tmp_path / "e.safetensors")
+    assert torch.equal(from_file, from_images.flip(0))
+    with pytest.raises(ValueError, match="exactly one.*--target text"):
+        image_embeddings(tiny_model, "tiny", None, names)
+    with pytest.raises(ValueError, match="exactly one"):
+        image_embeddings(tiny_model, "tiny", None, names, images_dir=folder, embeddings_file=tmp_path / "e.safetensors")
