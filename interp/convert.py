@@ -162,7 +162,7 @@ def convert_open_clip_text(model: nn.Module, model_name: str = "custom", pretrai
         sd["W_proj"] = proj
     logit_scale = getattr(model, "logit_scale", None)
     log_scale = float(logit_scale.detach()) if logit_scale is not None else float("nan")
-    return cfg, {k: v.detach().clone() for k, v in sd.items()}, log_scale
+    return cfg, {k: v.detach() for k, v in sd.items()}, log_scale
 
 
 def _hf_config_value(config: Any, name: str) -> Any:
@@ -235,4 +235,4 @@ def convert_hf_clip_text(model: nn.Module, model_name: str = "hf-clip", pretrain
             sd["b_proj"] = proj.bias
     logit_scale = getattr(model, "logit_scale", None)
     log_scale = float(logit_scale.detach()) if logit_scale is not None else float("nan")
-    return cfg, {k: v.detach().clone() for k, v in sd.items()}, log_scale
+    return cfg, {k: v.detach() for k, v in sd.items()}, log_scale

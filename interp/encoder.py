@@ -35,12 +35,13 @@ class HookedTextEncoder(HookedRootModule):
     Args:
         cfg: sizes and switches (read from a checkpoint by :mod:`interp.convert`).
         tokenizer: turns texts into :class:`TokenBatch` es; optional when you pass token ids.
+        init: fill weights with a random init; converters pass False and load real weights.
 
     Calling the model returns the sentence embedding ``[batch, d_embed]`` (projected, and
     normalised only if ``cfg.normalize_output``). See :meth:`forward` for partial runs.
     """
 
-    def __init__(self, cfg: TextEncoderConfig, tokenizer: TextTokenizer | None = None):
+    def __init__(self, cfg: TextEncoderConfig, tokenizer: TextTokenizer | None = None, init: bool = True):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
@@ -53,7 +54,8 @@ class HookedTextEncoder(HookedRootModule):
         self.hook_embedding = HookPoint()  # [batch, d_embed]
         # log of CLIP's temperature (S = exp(logit_scale) * cos); None for encoders without one.
         self.register_buffer("logit_scale", torch.tensor(float("nan")))
-        self.init_weights()
+        if init:
+            self.init_weights()
         self.setup()
 
     # ------------------------------------------------------------------ construction

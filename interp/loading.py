@@ -126,13 +126,17 @@ def create_open_clip_model(
     """
     open_clip = import_open_clip()
     torch.manual_seed(seed)  # random init is seeded, so "none" runs are reproducible
+    path = Path(str(pretrained)) if not _is_random(pretrained) else None
     if name == TINY:
-        if not _is_random(pretrained):
-            raise UnknownModelError(f"'tiny' is a random-init test model; pass pretrained=None, not {pretrained!r}")
+        if path is not None and not path.is_file():
+            raise UnknownModelError(
+                f"'tiny' is a test model with no published weights: pass pretrained=None or a checkpoint file, not {pretrained!r}"
+            )
         model = _tiny_open_clip_model()
+        if path is not None:
+            load_checkpoint_into(model, path, name)
     else:
         _check_open_clip_name(name)
-        path = Path(str(pretrained)) if not _is_random(pretrained) else None
         if path is not None and path.is_file():
             model = open_clip.create_model(name, pretrained=None)
             load_checkpoint_into(model, path, name)
@@ -166,6 +170,21 @@ def _is_hf_clip_dir(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
+_HF_CLIP_CLASSES = ("CLIPModel", "CLIPTextModelWithProjection", "CLIPTextModel")
+
+
+def _hf_clip_class(transformers: Any, path: Path) -> Any:
+    """The transformers class the directory was saved from (its config's ``architectures``)."""
+    import json
+
+    architectures = json.loads((path / "config.json").read_text()).get("architectures") or ["CLIPModel"]
+    if architectures[0] not in _HF_CLIP_CLASSES:
+        raise UnknownModelError(
+            f"{path} holds a {architectures[0]}, not a Hugging Face CLIP ({', '.join(_HF_CLIP_CLASSES)})"
+        )
+    return getattr(transformers, architectures[0])
+
+
 def _load_hf_clip(source: Any, device: Any, dtype: torch.dtype, label: str) -> HookedTextEncoder:
     if isinstance(source, (str, Path)):
         try:
@@ -176,16 +195,27 @@ def _load_hf_clip(source: Any, device: Any, dtype: torch.dtype, label: str) -> H
         missing = [f for f in ("config.json",) if not (path / f).is_file()]
         if missing:
             raise WeightsUnavailableError(f"{path} is not a Hugging Face CLIP directory: {', '.join(missing)} missing")
-        source = transformers.AutoModel.from_pretrained(str(path), local_files_only=True)
+        source = _hf_clip_class(transformers, path).from_pretrained(str(path), local_files_only=True)
     cfg, sd, log_scale = convert_hf_clip_text(source, model_name=label, pretrained=label)
     return _build(cfg, sd, log_scale, device, dtype)
 
 
 def _build(cfg, sd, log_scale: float, device, dtype) -> HookedTextEncoder:
-    encoder = HookedTextEncoder(cfg, CLIPTokenizer(cfg.n_ctx))
-    encoder.load_state_dict(sd, strict=False)
+    encoder = HookedTextEncoder(cfg, CLIPTokenizer(cfg.n_ctx), init=False)
+    _load_all(encoder, sd)
     encoder.logit_scale.fill_(log_scale)
     return encoder.to(device=device, dtype=dtype).eval()
+
+
+def _load_all(encoder: HookedTextEncoder, sd: dict[str, torch.Tensor]) -> None:
+    """Load converted weights; every parameter must be given (only buffers may be missing)."""
+    result = encoder.load_state_dict(sd, strict=False)
+    missing = [k for k in result.missing_keys if k != "logit_scale"]
+    if missing or result.unexpected_keys:
+        raise CheckpointMismatchError(
+            f"converted weights do not fit the hooked encoder: missing {missing[:5]}, unexpected "
+            f"{result.unexpected_keys[:5]} (a converter bug: please report it with the model name)"
+        )
 
 
 def hooked_from_open_clip(model: nn.Module, model_name: str = "custom", pretrained: str | None = None) -> HookedTextEncoder:

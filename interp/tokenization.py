@@ -10,6 +10,7 @@ Over-long texts and empty strings are errors (never silent truncation) unless ``
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -144,6 +145,14 @@ def _batch(ids: list[list[int]], texts: list[str], pad_id: int, width: int,
     )
 
 
+@functools.lru_cache(maxsize=4)
+def _simple_tokenizer(context_length: int):
+    """open_clip's BPE tokenizer; building it reads ~50k merges, so one per process is enough."""
+    from interp.compat import import_open_clip
+
+    return import_open_clip().tokenizer.SimpleTokenizer(context_length=context_length)
+
+
 class CLIPTokenizer:
     """CLIP's byte-pair tokenizer (the vocabulary ships inside the open_clip wheel: works offline).
 
@@ -152,10 +161,7 @@ class CLIPTokenizer:
     """
 
     def __init__(self, context_length: int = 77):
-        from interp.compat import import_open_clip
-
-        open_clip = import_open_clip()
-        self._bpe = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+        self._bpe = _simple_tokenizer(context_length)
         self.name = "clip-bpe"
         self.context_length = context_length
         self.sot_id: int = self._bpe.sot_token_id

@@ -1,0 +1,75 @@
+"""Clean runs of the base and source inputs: every state a patching sweep reads, in one forward.
+
+A "run" is one (base, source) pair to trace: (A, N) for activation patching, (N + noise, N) for
+ROME-style noise tracing. Both start from a layer-0 residual ``x0`` (the embedding output, possibly
+with noise added to some token embeddings) and a :class:`TokenBatch` that gives masks and pooling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp.scoring import score
+from interp.tokenization import TokenBatch
+from interp.tracing.spec import TraceSpec
+
+
+@dataclass
+class CleanRun:
+    """States of one clean forward over a batch of runs (all on the model's device).
+
+    Attributes:
+        states: ``[axis, batch, pos, d_model]``: the patchable state at every layer of the axis
+            (residual states 0..L, or attention / MLP outputs of blocks 0..L-1).
+        resid: ``[L + 1, batch, pos, d_model]`` residual states (the inputs of a resumed run).
+        keys, values: ``[L, batch, pos, head, d_head]`` per block (read by the causal fast path),
+            or None when not asked for.
+        scores: ``[batch]`` score of the clean output against the run's direction.
+    """
+
+    states: Float[Tensor, "axis batch pos d_model"]
+    resid: Float[Tensor, "layer batch pos d_model"]
+    keys: Float[Tensor, "block batch pos head d_head"] | None
+    values: Float[Tensor, "block batch pos head d_head"] | None
+    scores: Float[Tensor, " batch"]
+
+
+@torch.no_grad()
+def clean_run(
+    model,
+    batch: TokenBatch,
+    x0: Float[Tensor, "batch pos d_model"],
+    direction: Float[Tensor, "batch d_embed"],
+    spec: TraceSpec,
+    with_kv: bool = False,
+) -> CleanRun:
+    """Run the model from ``x0`` once, caching what the sweep needs (public hook API only)."""
+    n_layers = model.cfg.n_layers
+    resid_names = [model.resid_hook_name(layer) for layer in range(n_layers + 1)]
+    state_names = spec.hook_names(model)
+    kv_names = [f"blocks.{b}.attn.hook_{w}" for b in range(n_layers) for w in ("k", "v")] if with_kv else []
+    wanted = set(resid_names) | set(state_names) | set(kv_names)
+    embedding, cache = model.run_with_cache(
+        batch, start_at_layer=0, residual=x0, names_filter=lambda name: name in wanted
+    )
+    keys = values = None
+    if with_kv:
+        keys = torch.stack([cache[f"blocks.{b}.attn.hook_k"] for b in range(n_layers)])
+        values = torch.stack([cache[f"blocks.{b}.attn.hook_v"] for b in range(n_layers)])
+    return CleanRun(
+        states=torch.stack([cache[name] for name in state_names]),
+        resid=torch.stack([cache[name] for name in resid_names]),
+        keys=keys,
+        values=values,
+        scores=score(embedding, direction),
+    )
+
+
+@torch.no_grad()
+def embedding_output(model, batch: TokenBatch) -> Float[Tensor, "batch pos d_model"]:
+    """The layer-0 residual (embedding output) of a batch."""
+    return model(batch, stop_at_layer=0)

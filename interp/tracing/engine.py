@@ -1,0 +1,382 @@
+"""The batched tracing engine: the patched score of every (layer, position) cell of many runs.
+
+For each run (a base input and a source input, e.g. A and N) and each cell (l, p), the patched
+score is the score of the base run with the source's state at (l, p) (or at a window of layers)
+written in. Three ideas make a full sweep cheap; none changes a result:
+
+1. **Exact shortcuts.** A cell whose every patched site holds the same value in base and source
+   (or is never read by the output) *is* the base run: its score is the clean base score, exactly.
+   A residual patch that leaves the state equal to the source's on every position the output can
+   read *is* the source run. With the causal mask this settles the positions before the first
+   token that differs (CTE exactly 0), the embedding of the differing token (exactly 1) and every
+   cell at the last layer (EOT exactly 1, the rest exactly 0) without a forward.
+2. **The causal fast path** (causal, pre-LN, pooled at one position: CLIP). A patch at position p
+   leaves every position before p unchanged at every layer, so a cell recomputes only positions
+   p..EOT, starting at the patched layer from the cached clean state, with the unchanged prefix's
+   keys and values read from the clean base run. All cells' positions are packed as rows of one
+   matrix (no padding in the matmuls), cells join the sweep at their start layer, and the last
+   block computes only the pooled row.
+3. **The generic batched path** (any encoder, e.g. bidirectional MiniLM): cells packed into the
+   batch dimension, each run resumed at its start layer (``forward(start_at_layer=l)``), later
+   sites of a window patched by batched hooks.
+
+Both paths chunk cells to a memory budget and keep scores on the device. The plain per-cell loop
+in :mod:`interp.tracing.reference` is the oracle they are tested against.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from interp.scoring import score
+from interp.tokenization import TokenBatch
+from interp.tracing.clean import CleanRun, clean_run
+from interp.tracing.spec import POSITIONAL_POOLS, TraceSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUDGET_MB = 768
+_FLOAT_BYTES = 4
+FAST_POOLS = ("argmax", "eos", "last")
+
+
+@dataclass
+class TraceRuns:
+    """Runs to trace (one per item, or per item x noise sample).
+
+    Attributes:
+        batch: tokens ``[run, pos]`` (masks and pooling positions; padded to the longest run).
+        base_x0: ``[run, pos, d_model]`` layer-0 residual of the run that is patched into.
+        source_x0: ``[run, pos, d_model]`` layer-0 residual of the run the patched states come from.
+        direction: ``[run, d_embed]`` score direction (:func:`interp.scoring.score`).
+    """
+
+    batch: TokenBatch
+    base_x0: Float[Tensor, "run pos d_model"]
+    source_x0: Float[Tensor, "run pos d_model"]
+    direction: Float[Tensor, "run d_embed"]
+
+    def __len__(self) -> int:
+        return self.base_x0.shape[0]
+
+
+@dataclass
+class PatchedScores:
+    """Result of a sweep, on the model's device.
+
+    Attributes:
+        patched: ``[run, axis, pos]`` score with the cell patched (NaN at padded positions).
+        base, source: ``[run]`` clean scores of the base and source runs.
+        n_forward, n_base_equal, n_source_equal: cells computed by a forward, and cells settled
+            exactly by the shortcuts (equal to the base run / to the source run).
+    """
+
+    patched: Float[Tensor, "run axis pos"]
+    base: Float[Tensor, " run"]
+    source: Float[Tensor, " run"]
+    n_forward: int = 0
+    n_base_equal: int = 0
+    n_source_equal: int = 0
+
+
+def pool_positions(model, batch: TokenBatch) -> Int[Tensor, " run"]:
+    """Where the model reads its output for each row (the pooled position), for positional pools."""
+    tokens = batch.tokens.to(model.device)
+    pool = model.cfg.pool
+    if pool == "argmax":
+        return tokens.argmax(dim=-1)
+    if pool == "eos":
+        return (tokens == model.cfg.eos_token_id).int().argmax(dim=-1)
+    if pool == "last":
+        return torch.full((tokens.shape[0],), tokens.shape[1] - 1, device=tokens.device)
+    return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+
+
+def uses_fast_path(model) -> bool:
+    """The causal fast path applies to causal, pre-LN encoders pooled at one position (CLIP)."""
+    cfg = model.cfg
+    return bool(cfg.causal) and cfg.norm == "pre" and cfg.pool in FAST_POOLS
+
+
+# ------------------------------------------------------------------------------------ shortcuts
+def _window_masks(spec: TraceSpec, device) -> tuple[Bool[Tensor, "axis axis"], Int[Tensor, " axis"], Int[Tensor, " axis"]]:
+    """``in_window[l, j]``: cell layer l patches layer j; window start and end per cell layer."""
+    in_window = torch.zeros(spec.n_axis, spec.n_axis, dtype=torch.bool, device=device)
+    low = torch.empty(spec.n_axis, dtype=torch.long, device=device)
+    high = torch.empty(spec.n_axis, dtype=torch.long, device=device)
+    for layer in range(spec.n_axis):
+        window = spec.window_layers(layer)
+        in_window[layer, window.start:window.stop] = True
+        low[layer], high[layer] = window.start, window.stop
+    return in_window, low, high
+
+
+def classify_cells(
+    model, spec: TraceSpec, batch: TokenBatch, base: CleanRun, source: CleanRun
+) -> tuple[Bool[Tensor, "run axis pos"], Bool[Tensor, "run axis pos"], Bool[Tensor, "run axis pos"]]:
+    """Which cells equal the base run, which equal the source run, and which need a forward.
+
+    A site (layer j, position p) is *inert* when base and source hold bit-identical values there,
+    or when the output never reads it (after the last block with positional pooling, only the
+    pooled position is read; with the causal mask nothing after the pooled position is). A cell
+    whose sites are all inert equals the base run. A residual cell whose patched state equals the
+    source's on every read position equals the source run.
+    """
+    cfg = model.cfg
+    n_axis, device = spec.n_axis, base.states.device
+    n_runs, n_pos = batch.tokens.shape
+    positions = torch.arange(n_pos, device=device)
+    real = batch.attention_mask.to(device)  # [run, pos]
+    pool = pool_positions(model, batch)
+    last = n_axis - 1
+    read = real.unsqueeze(0).expand(n_axis, -1, -1).clone()  # [axis, run, pos]: can the output read it?
+    if cfg.causal and cfg.pool in POSITIONAL_POOLS:
+        read &= positions[None, None, :] <= pool[None, :, None]
+    if cfg.pool in POSITIONAL_POOLS:
+        read[last] &= positions[None, :] == pool[:, None]
+    equal = (base.states == source.states).all(dim=-1)  # [axis, run, pos]
+    inert = equal | ~read
+    in_window, low, _ = _window_masks(spec, device)
+    # base-equal: all sites of the window inert. [axis(cell), axis(site)] x [axis(site), run, pos]
+    live_sites = (~inert).float()
+    base_equal = torch.einsum("lj,jrp->lrp", in_window.float(), live_sites) == 0
+    source_equal = torch.zeros_like(base_equal)
+    if spec.kind == "resid":
+        differs = read & ~equal  # [axis, run, pos]: read positions where base and source differ
+        n_differ = differs.sum(-1, keepdim=True)  # [axis, run, 1]
+        start = differs[low]  # [axis(cell), run, pos], at the window's first layer
+        source_equal = (n_differ[low] - start.long()) == 0
+        source_equal &= ~base_equal
+    valid = real.unsqueeze(0).expand(n_axis, -1, -1)
+    to_run = valid & ~base_equal & ~source_equal
+    return (base_equal & valid).permute(1, 0, 2), (source_equal & valid).permute(1, 0, 2), to_run.permute(1, 0, 2)
+
+
+# ------------------------------------------------------------------------------------ sweep
+@torch.no_grad()
+def patched_scores(
+    model,
+    runs: TraceRuns,
+    spec: TraceSpec,
+    *,
+    budget_mb: float = DEFAULT_BUDGET_MB,
+    fast: bool | None = None,
+) -> PatchedScores:
+    """Patched scores of every cell of every run, batched.
+
+    Args:
+        model: a :class:`~interp.encoder.HookedTextEncoder` (CLIP-like or BERT-like).
+        runs: base/source inputs and score directions.
+        spec: kind of state and window.
+        budget_mb: rough memory budget of one chunk of cells (activations, float32).
+        fast: force (True) or forbid (False) the causal fast path; None = use it when it applies.
+    """
+    device = model.device
+    batch = runs.batch.to(device)
+    use_fast = uses_fast_path(model) if fast is None else fast
+    if use_fast and not uses_fast_path(model):
+        raise ValueError("the causal fast path needs a causal, pre-LN encoder pooled at one position")
+    base = clean_run(model, batch, runs.base_x0.to(device), runs.direction.to(device), spec, with_kv=use_fast)
+    source = clean_run(model, batch, runs.source_x0.to(device), runs.direction.to(device), spec)
+    base_equal, source_equal, to_run = classify_cells(model, spec, batch, base, source)
+    n_runs, n_pos = batch.tokens.shape
+    patched = torch.full((n_runs, spec.n_axis, n_pos), float("nan"), device=device, dtype=base.scores.dtype)
+    patched = torch.where(base_equal, base.scores[:, None, None], patched)
+    patched = torch.where(source_equal, source.scores[:, None, None], patched)
+    cells = to_run.nonzero()  # [cell, 3] = (run, layer, position)
+    if len(cells):
+        sweep = _fast_sweep if use_fast else _generic_sweep
+        values = sweep(model, spec, batch, runs.direction.to(device), base, source, cells, budget_mb)
+        patched[cells[:, 0], cells[:, 1], cells[:, 2]] = values
+    return PatchedScores(
+        patched=patched, base=base.scores, source=source.scores, n_forward=len(cells),
+        n_base_equal=int(base_equal.sum()), n_source_equal=int(source_equal.sum()),
+    )
+
+
+# ------------------------------------------------------------------------------------ generic path
+def _generic_sweep(model, spec, batch, direction, base, source, cells, budget_mb) -> Tensor:
+    """Cells as batch rows; each group resumes at its start layer; later sites patched by hooks."""
+    _, low, high = _window_masks(spec, cells.device)
+    n_pos = batch.tokens.shape[1]
+    cfg = model.cfg
+    per_cell = n_pos * (cfg.d_mlp * 2 + cfg.d_model * 10 + cfg.n_heads * n_pos * 2) * _FLOAT_BYTES
+    max_cells = max(1, int(budget_mb * 2**20 // per_cell))
+    out = torch.empty(len(cells), device=cells.device, dtype=base.scores.dtype)
+    start = low[cells[:, 1]]
+    order = torch.argsort(start, stable=True)
+    for first in range(0, len(order), max_cells):
+        chunk = order[first:first + max_cells]
+        for s in torch.unique(start[chunk]).tolist():
+            idx = chunk[start[chunk] == s]
+            out[idx] = _generic_group(model, spec, batch, direction, base, source, cells[idx], s, low, high)
+    return out
+
+
+def _generic_group(model, spec, batch, direction, base, source, cells, s, low, high) -> Tensor:
+    run, layer, pos = cells[:, 0], cells[:, 1], cells[:, 2]
+    rows = torch.arange(len(cells), device=cells.device)
+    lo, hi = low[layer], high[layer]
+    hooks = []
+    if spec.kind == "resid":
+        residual = base.resid[s, run].clone()
+        residual[rows, pos] = source.resid[s, run, pos]  # the window's first site, written directly
+        first_hooked = s + 1
+    else:
+        residual = base.resid[s, run].clone()
+        first_hooked = s
+    for j in range(first_hooked, int(hi.max())):
+        active = (lo <= j) & (j < hi)
+        if not bool(active.any()):
+            continue
+        hooks.append((spec.hook_name(model, j), _overwrite_hook(rows[active], pos[active],
+                                                                source.states[j, run[active], pos[active]])))
+    with model.hooks(fwd_hooks=hooks):
+        embedding = model(batch[run], start_at_layer=s, residual=residual)
+    return score(embedding, direction[run])
+
+
+def _overwrite_hook(rows: Tensor, pos: Tensor, values: Tensor):
+    def hook(act: Tensor, hook=None) -> Tensor:
+        act = act.clone()
+        act[rows, pos] = values
+        return act
+
+    return hook
+
+
+# ------------------------------------------------------------------------------------ fast path
+def _fast_sweep(model, spec, batch, direction, base, source, cells, budget_mb) -> Tensor:
+    """Causal fast path: rows = (cell, position >= patched position), packed; see module docstring."""
+    cfg = model.cfg
+    device = cells.device
+    pool = pool_positions(model, batch)
+    _, low, high = _window_masks(spec, device)
+    run, layer, pos = cells[:, 0], cells[:, 1], cells[:, 2]
+    start = low[layer]
+    if spec.kind == "resid" and bool((start >= cfg.n_layers).any()):
+        raise AssertionError("a residual cell starting after the last block must be settled by the shortcuts")
+    n_rows = pool[run] - pos + 1
+    n_pos = batch.tokens.shape[1]
+    row_bytes = (cfg.d_mlp * 2 + cfg.d_model * 8) * _FLOAT_BYTES
+    cell_bytes = n_pos * (cfg.d_model * 4 + cfg.n_heads * n_pos * 3) * _FLOAT_BYTES
+    order = torch.argsort(start, stable=True)
+    cost = (n_rows * row_bytes + cell_bytes)[order]
+    budget = budget_mb * 2**20
+    out = torch.empty(len(cells), device=device, dtype=base.scores.dtype)
+    # Greedy chunks in start order, so each chunk's cells still join the sweep in order.
+    bounds, acc, begin = [], 0.0, 0
+    for i, c in enumerate(cost.tolist()):
+        if acc + c > budget and i > begin:
+            bounds.append((begin, i))
+            begin, acc = i, 0.0
+        acc += c
+    bounds.append((begin, len(order)))
+    for begin, end in bounds:
+        idx = order[begin:end]
+        out[idx] = _fast_chunk(model, spec, direction, base, source, run[idx], pos[idx], start[idx],
+                               low[layer[idx]], high[layer[idx]], pool[run[idx]])
+    return out
+
+
+def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, pool) -> Tensor:
+    """One chunk of cells, sorted by start layer. Rows of cell c: positions pos[c]..pool[c]."""
+    n_layers = model.cfg.n_layers
+    device = run.device
+    counts = pool - pos + 1
+    offsets = torch.cumsum(counts, 0) - counts
+    row_cell = torch.repeat_interleave(torch.arange(len(run), device=device), counts)
+    row_pos = pos[row_cell] + torch.arange(len(row_cell), device=device) - offsets[row_cell]
+    row_run = run[row_cell]
+    is_patch_row = row_pos == pos[row_cell]
+    # rows/cells active at block j are a prefix, since cells are sorted by start layer
+    cells_by_block = torch.searchsorted(start, torch.arange(n_layers, device=device), right=True)
+    hidden = torch.empty(0, model.cfg.d_model, device=device, dtype=base.resid.dtype)
+    for j in range(n_layers):
+        n_cells = int(cells_by_block[j])
+        n_rows = int(offsets[n_cells - 1] + counts[n_cells - 1]) if n_cells else 0
+        if n_rows == 0:
+            continue
+        if n_rows > hidden.shape[0]:  # cells starting at block j join with the clean base state
+            new = slice(hidden.shape[0], n_rows)
+            hidden = torch.cat([hidden, base.resid[j, row_run[new], row_pos[new]]])
+        rows_cell, rows_pos, rows_run = row_cell[:n_rows], row_pos[:n_rows], row_run[:n_rows]
+        in_win = (lo[rows_cell] <= j) & (j < hi[rows_cell]) & is_patch_row[:n_rows]
+        if spec.kind == "resid" and bool(in_win.any()):
+            hidden = hidden.clone()
+            hidden[in_win] = source.resid[j, rows_run[in_win], rows_pos[in_win]]
+        last = j == n_layers - 1
+        query_rows = (rows_pos == pool[rows_cell]).nonzero().squeeze(-1) if last else None
+        hidden = _block(model, spec, j, hidden, rows_cell, rows_pos, run[:n_cells], pool[:n_cells],
+                        base, source, in_win, query_rows)
+    # hidden now holds one row per cell: the pooled position after the last block
+    if spec.kind == "resid":
+        at_end = (lo <= n_layers) & (n_layers < hi)  # pooled position patched at state L
+        patch_end = at_end & (pos == pool)
+        if bool(patch_end.any()):
+            hidden = hidden.clone()
+            hidden[patch_end] = source.resid[n_layers, run[patch_end], pool[patch_end]]
+    dummy = TokenBatch(
+        tokens=torch.zeros(len(run), 1, dtype=torch.long, device=device),
+        attention_mask=torch.ones(len(run), 1, dtype=torch.bool, device=device),
+        pool_index=torch.zeros(len(run), dtype=torch.long, device=device),
+        token_type_ids=torch.zeros(len(run), 1, dtype=torch.long, device=device),
+        texts=[""] * len(run),
+    )
+    embedding = model.pool_and_project(hidden.unsqueeze(1), dummy)
+    return score(embedding, direction[run])
+
+
+def _block(model, spec, j, hidden, row_cell, row_pos, cell_run, cell_pool, base, source, in_win, query_rows):
+    """Block j (pre-LN) on packed rows; prefix keys/values come from the clean base run.
+
+    Returns the new rows (all rows, or only ``query_rows`` at the last block).
+    """
+    block = model.blocks[j]
+    attn = block.attn
+    n_cells, n_pos = len(cell_run), base.keys.shape[2]
+    n_heads, d_head = attn.W_Q.shape[0], attn.W_Q.shape[2]
+    normed = block.ln1(hidden)
+    k = torch.einsum("rd,hde->rhe", normed, attn.W_K) + attn.b_K
+    v = torch.einsum("rd,hde->rhe", normed, attn.W_V) + attn.b_V
+    keys = base.keys[j, cell_run].clone()  # [cell, pos, head, d_head]: unchanged prefix from the clean run
+    values = base.values[j, cell_run].clone()
+    keys[row_cell, row_pos] = k
+    values[row_cell, row_pos] = v
+    positions = torch.arange(n_pos, device=hidden.device)
+    if query_rows is None:
+        q_rows = slice(None)
+        q_cell, q_slot = row_cell, row_pos
+        query_pos = positions.expand(n_cells, n_pos)  # [cell, query]
+    else:
+        q_rows = query_rows
+        q_cell, q_slot = row_cell[query_rows], torch.zeros_like(query_rows)
+        query_pos = cell_pool.unsqueeze(1)
+    q = torch.einsum("rd,hde->rhe", normed[q_rows], attn.W_Q) + attn.b_Q
+    queries = torch.zeros(n_cells, query_pos.shape[1], n_heads, d_head, device=hidden.device, dtype=hidden.dtype)
+    queries[q_cell, q_slot] = q
+    scores = torch.einsum("cqhe,ckhe->chqk", queries, keys) / math.sqrt(d_head)
+    allowed = positions[None, None, :] <= query_pos[:, :, None]  # causal: key <= query
+    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    pattern = torch.softmax(scores, dim=-1)
+    z = torch.einsum("chqk,ckhe->cqhe", pattern, values)[q_cell, q_slot]  # [row, head, d_head]
+    attn_out = z.flatten(1) @ attn.W_O.flatten(0, 1) + attn.b_O
+    win = in_win[q_rows]
+    if spec.kind == "attn" and bool(win.any()):
+        attn_out[win] = _sub_rows(source, j, row_cell, row_pos, cell_run, q_rows, win)
+    mid = hidden[q_rows] + attn_out
+    mlp_out = block.mlp(block.ln2(mid))
+    if spec.kind == "mlp" and bool(win.any()):
+        mlp_out[win] = _sub_rows(source, j, row_cell, row_pos, cell_run, q_rows, win)
+    return mid + mlp_out
+
+
+def _sub_rows(source, j, row_cell, row_pos, cell_run, q_rows, win) -> Tensor:
+    cells = row_cell[q_rows][win]
+    return source.states[j, cell_run[cells], row_pos[q_rows][win]]

@@ -1,0 +1,41 @@
+"""Partial runs and whole-state patching: the machinery causal tracing stands on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def test_patching_every_position_of_resid_pre_reproduces_the_source_exactly(tiny_model):
+    source, target = "There is no dog on the table.", "There is a cat on the table."
+    a, b = tiny_model.to_tokens([source]), tiny_model.to_tokens([target])
+    assert a.tokens.shape == b.tokens.shape and torch.equal(a.pool_index, b.pool_index)
+    with torch.no_grad():
+        embed_a, cache_a = tiny_model.run_with_cache(a)
+        embed_b = tiny_model(b)
+        assert not torch.allclose(embed_a, embed_b)
+        for layer in range(tiny_model.cfg.n_layers + 1):
+            name = tiny_model.resid_hook_name(layer)
+            patched = tiny_model.run_with_hooks(b, fwd_hooks=[(name, lambda x, hook: cache_a[hook.name])])
+            assert torch.equal(patched, embed_a), f"patching {name} did not reproduce the source"
+
+
+def test_stop_then_start_equals_full_forward(tiny_model, sentences):
+    batch = tiny_model.to_tokens(sentences)
+    with torch.no_grad():
+        full, cache = tiny_model.run_with_cache(batch)
+        for layer in range(tiny_model.cfg.n_layers + 1):
+            resid = tiny_model(batch, stop_at_layer=layer)
+            assert torch.equal(resid, cache[tiny_model.resid_hook_name(layer)])
+            resumed = tiny_model(batch, start_at_layer=layer, residual=resid)
+            assert torch.equal(resumed, full)
+
+
+def test_partial_run_arguments_are_checked(tiny_model):
+    batch = tiny_model.to_tokens(["There is a dog."])
+    with pytest.raises(ValueError, match="residual"):
+        tiny_model(batch, start_at_layer=1)
+    with pytest.raises(ValueError, match="outside 0..2"):
+        tiny_model(batch, stop_at_layer=3)
+    with pytest.raises(ValueError, match="batch x pos"):
+        tiny_model(batch, start_at_layer=1, residual=torch.zeros(1, 3, tiny_model.cfg.d_model))
