@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m interp.demo --out $(DEMO_OUT)
+	$(PY) -m interp.trace --task existence --model all-MiniLM-L6-v2 --target text --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
