@@ -92,8 +92,8 @@ class ImageEmbeddingCache:
     """On-disk cache of image embeddings for one (model, weights, preprocessing)."""
 
     def __init__(self, root: str | os.PathLike, model_name: str, weights_id: str,
-                 preprocess: PreprocessConfig):
-        key = {"model": model_name, "weights": weights_id, "preprocess": preprocess.as_dict()}
+                 preprocess: PreprocessConfig, dtype: str = "float32"):
+        key = {"model": model_name, "weights": weights_id, "preprocess": preprocess.as_dict(), "dtype": dtype}
         key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name)[:48]
         self.directory = Path(root) / f"{safe_name}-{key_hash}"
@@ -137,7 +137,7 @@ def embed_images(
     batch_size: int = 32,
     encoder: Callable[[Tensor], Tensor] | None = None,
     preprocess: PreprocessConfig | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     progress: bool = True,
 ) -> Float[Tensor, "n d_embed"]:
     """Image embeddings (``model.encode_image`` output, not normalised) for ``image_files``.
@@ -152,6 +152,8 @@ def embed_images(
         encoder: maps a ``[b, 3, size, size]`` batch to ``[b, d]``; default ``model.encode_image``
             (tests inject a counting wrapper).
         preprocess: default :meth:`PreprocessConfig.from_model`.
+        device: where batches go (default: the model's device). Batches take the model's dtype,
+            and the dtype is part of the cache key (fp16 and fp32 embeddings differ).
 
     Returns:
         float32 ``[len(image_files), d]`` in the order of ``image_files``.
@@ -163,8 +165,10 @@ def embed_images(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     paths = check_image_files(folder, image_files)
     preprocess = preprocess or PreprocessConfig.from_model(model)
+    param = next(model.parameters())
+    device = param.device if device is None else torch.device(device)
     cache = ImageEmbeddingCache(default_cache_dir() if cache_dir is None else cache_dir, model_name,
-                                checkpoint_id(model, checkpoint), preprocess)
+                                checkpoint_id(model, checkpoint), preprocess, str(param.dtype).replace("torch.", ""))
     unique = list(dict.fromkeys(paths))
     hashes = {p: file_sha256(p) for p in unique}
     found: dict[str, np.ndarray] = {}
@@ -191,7 +195,7 @@ def embed_images(
                 starts = range(0, len(todo), batch_size)
                 for start in tqdm(starts, desc="image tower", disable=not progress):
                     chunk = todo[start:start + batch_size]
-                    batch = load_image_batch(chunk, preprocess).to(device)
+                    batch = load_image_batch(chunk, preprocess).to(device=device, dtype=param.dtype)
                     out = encode(batch).float().cpu().numpy()
                     if out.shape[0] != len(chunk) or out.ndim != 2:
                         raise ValueError(f"image encoder returned shape {out.shape} for {len(chunk)} images")

@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
+from interp.errors import ClipInterpError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
 _LISTED_MISSING = 5
 
 
-class ImageDataError(ValueError):
+class ImageDataError(ClipInterpError, ValueError):
     """Images cannot be used as asked: missing files, unreadable or corrupt images, bad config."""
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from interp.errors import ClipInterpError
 
 TARGET_KINDS = ("image", "text")
 SEGMENT_LABELS = ("incorrect", "ambiguous", "correct")
@@ -35,7 +36,7 @@ TEXT_MODE_NOTE = (
 )
 
 
-class TextTargetError(ValueError):
+class TextTargetError(ClipInterpError, ValueError):
     """Asked for accuracy or segments with the text target, where they are undefined."""
 
 

@@ -3,6 +3,7 @@ embedding cache (tower not re-run, changed file re-embedded), precomputed files,
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -178,6 +179,12 @@ def test_cache_key_separates_weights_and_checkpoints(image_folder, tmp_path):
     assert not torch.allclose(emb_a, emb_b)
     embed_images(model_a, "tiny", "ckpt-v2", folder, names, cache_dir=cache, encoder=counter_a, progress=False)
     assert counter_a.images == 8  # a named checkpoint is its own key
+    model_a64 = copy.deepcopy(model_a).double()
+    counter_64 = CountingEncoder(model_a64)
+    emb_64 = embed_images(model_a64, "tiny", "ckpt-v2", folder, names, cache_dir=cache, encoder=counter_64,
+                          progress=False)
+    assert counter_64.images == 4  # another dtype is another key; batches take the model's dtype
+    torch.testing.assert_close(emb_64, emb_a, atol=1e-4, rtol=1e-4)
 
 
 def test_corrupt_cache_entry_is_recomputed(tiny_model, image_folder, tmp_path):

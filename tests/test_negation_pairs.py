@@ -212,3 +212,26 @@ def test_missing_existence_file_in_data_dir(tmp_path):
     with pytest.raises(ValseDataError, match="existence.*data_dir argument"):
         load_existence_pairs(data_dir=tmp_path)
     shutil.rmtree(tmp_path)
+
+
+def test_cli_writes_the_tables(tmp_path):
+    import pandas as pd
+
+    from interp.cli_common import run_cli
+    from interp.data.__main__ import main
+
+    out = tmp_path / "out"
+    code = run_cli(main, ["--model", "tiny", "--pretrained", "none", "--out", str(out),
+                          "--data-dir", str(REPO_VALSE)])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["counts.json", "exclusions.csv", "pairs.csv", "roles.csv"]
+    meta = json.loads((out / "counts.json").read_text())
+    assert meta["counts"]["minimal_pairs"] == 490 and meta["counts"]["aligned"] == 490
+    pairs = pd.read_csv(out / "pairs.csv")
+    assert len(pairs) == 490 and pairs["n_tokens"].between(7, 16).all()
+    assert len(pd.read_csv(out / "exclusions.csv")) == 44
+    roles = pd.read_csv(out / "roles.csv")
+    assert len(roles) == pairs["n_tokens"].sum()
+    # a user error ends with exit code 2 and one line, not a traceback
+    assert run_cli(main, ["--model", "tiny", "--pretrained", "none", "--out", str(out),
+                          "--data-dir", str(tmp_path / "nothing")]) == 2

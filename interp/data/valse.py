@@ -26,6 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from interp.errors import ClipInterpError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ MTURK_FIELDS = ("caption", "foil", "other")
 _MAX_LISTED_PROBLEMS = 5
 
 
-class ValseDataError(ValueError):
+class ValseDataError(ClipInterpError, ValueError):
     """A VALSE file is missing, malformed, or an item lacks a field the toolkit needs."""
 
 
