@@ -149,7 +149,7 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         with Image.open(path) as image:
             image.load()
             return image.copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
         raise ImageDataError(
             f"image {path} cannot be read ({type(err).__name__}: {err}): replace the file, or leave "
             "its item out"
