@@ -108,3 +108,23 @@ def build_negator_copy_encoder(
     model.W_proj.copy_(torch.eye(d_model))
     model.logit_scale.fill_(float(torch.log(torch.tensor(100.0))))
     return PlantedEncoder(model.eval(), copy_layer, copy_head, idle_head, negator_id)
+
+
+@torch.no_grad()
+def build_negator_selective_encoder(**kwargs) -> PlantedEncoder:
+    """The negator-copy encoder with a copy head that attends to the negator only when it is "no".
+
+    In :func:`build_negator_copy_encoder` the copy head's keys read the slot flag, so it attends to
+    the slot in N and in A alike (its a_N - a_A is 0). Here its keys read the negation flag instead:
+    in N every later query attends to "no" (weight ~1); in A no key carries the flag and its weight
+    on the slot is near 0. The value still reads the negation flag, so the head's output (and hence its
+    ablation and direct effects) are unchanged: it is the only head with a non-zero negator-selective
+    attention score, ablation effect and direct effect, and the idle head's are exactly 0.
+    Takes the same arguments as :func:`build_negator_copy_encoder`.
+    """
+    planted = build_negator_copy_encoder(**kwargs)
+    attn = planted.model.blocks[planted.copy_layer].attn
+    attn.W_K[planted.copy_head, SLOT_DIM, 0] = 0.0
+    attn.W_K[planted.copy_head, NEG_DIM, 0] = 1.0
+    planted.model.cfg.model_name = "planted-negator-selective"
+    return planted
