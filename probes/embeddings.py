@@ -138,3 +138,23 @@ def token_positions_mask(batch_shape: tuple[int, int], positions: Int[Tensor, " 
     mask = torch.zeros(n, n_pos, dtype=torch.bool)
     mask[torch.arange(n), positions.cpu()] = True
     return mask
+
+
+@torch.no_grad()
+def embed_image_files(model_name: str, pretrained: Any, folder: str, files: Sequence[str], *,
+                      device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE) -> Float[Tensor, "n d_embed"]:
+    """Image embeddings ``[n, d_embed]`` (float64, not normalised) of ``files`` under ``folder`` from the
+    image tower of the open_clip model ``model_name`` with ``pretrained`` weights ("default", a tag, a
+    file, or "none"), preprocessed exactly as open_clip does (:mod:`interp.images`)."""
+    from interp.images import PreprocessConfig, check_image_files, load_image_batch
+    from interp.loading import _resolve_default_tag, create_open_clip_model
+
+    paths = check_image_files(folder, list(files))
+    tag = None if str(pretrained).lower() == "none" else _resolve_default_tag(model_name, pretrained)
+    clip = create_open_clip_model(model_name, tag, device=device)
+    config = PreprocessConfig.from_model(clip)
+    chunks = []
+    for start in tqdm(range(0, len(paths), batch_size), desc="images", leave=False):
+        pixels = load_image_batch(paths[start:start + batch_size], config).to(device)
+        chunks.append(clip.encode_image(pixels).detach().cpu())
+    return torch.cat(chunks).to(torch.float64)

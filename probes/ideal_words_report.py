@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
-import torch
 
 from interp.cli_common import add_model_args, load_model_from_args, run_cli
 from probes.concepts import ConceptSet, builtin_names, load_concept_set, load_idiom_tests
@@ -98,19 +97,12 @@ def _image_inputs(args: argparse.Namespace, sets: list[ConceptSet]) -> tuple[Con
         emb, ids = load_image_embeddings(args.image_embeddings)
         labels = read_labels(args.labels, cs, image_ids=ids, n_images=emb.shape[0])
         return cs, emb, labels
-    from interp.images import PreprocessConfig, check_image_files, load_image_batch
-    from interp.loading import create_open_clip_model
+    from probes.embeddings import embed_image_files
 
     labels = read_labels(args.labels, cs)
-    paths = check_image_files(args.images, labels["image"].tolist())
-    pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
-    clip = create_open_clip_model(args.model, pretrained, device=args.device)
-    config = PreprocessConfig.from_model(clip)
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(paths), args.batch_size):
-            chunks.append(clip.encode_image(load_image_batch(paths[start:start + args.batch_size], config).to(args.device)).cpu())
-    return cs, torch.cat(chunks).to(torch.float64), labels
+    images = embed_image_files(args.model, args.pretrained, args.images, labels["image"].tolist(),
+                               device=args.device, batch_size=args.batch_size)
+    return cs, images, labels
 
 
 def run(args: argparse.Namespace) -> Path:

@@ -116,17 +116,10 @@ def _score_fn(model: Any, args: argparse.Namespace, texts: list[str], aligned: S
     from probes.embeddings import encode_texts
 
     if args.images:
-        from interp.images import PreprocessConfig, check_image_files, load_image_batch
-        from interp.loading import create_open_clip_model
+        from probes.embeddings import embed_image_files
 
-        files = [a.pair.image_file for a in aligned]
-        paths = check_image_files(args.images, files)
-        pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
-        clip = create_open_clip_model(args.model, pretrained, device=args.device)
-        with torch.no_grad():
-            img = torch.cat([clip.encode_image(load_image_batch(paths[s:s + args.batch_size],
-                                                                PreprocessConfig.from_model(clip)))
-                             for s in range(0, len(paths), args.batch_size)]).cpu()
+        img = embed_image_files(args.model, args.pretrained, args.images, [a.pair.image_file for a in aligned],
+                                device=args.device, batch_size=args.batch_size)
         direction = image_target_directions(img.double(), model.logit_scale.double()).repeat_interleave(2, 0)
         target = "image: S = exp(logit_scale) * cos(text, image)"
     else:

@@ -155,3 +155,27 @@ def test_reports_on_offline_minilm(tmp_path, concept_file):
     assert probe.loc[("pooled", 0), "accuracy"] == 1.0
     assert probe.loc[("first_subject", 0), "accuracy"] == 0.5
     assert "all-MiniLM-L6-v2" in (lin / "report.md").read_text().splitlines()[2]
+
+
+@pytest.mark.slow
+def test_ideal_words_cli_with_image_folder(tmp_path, concept_file, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"im{i}.png" for i in range(4)]
+    for n in names:
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / n)
+    labels = pd.DataFrame({"image": names, "colour": ["red", "blue", "green", "red"],
+                           "object": ["car", "cup", "car", "cup"]})
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    base = ["--model", "tiny", "--pretrained", "none", "--concepts", str(concept_file), "--idioms", "none",
+            "--no-layers", "--images", str(folder), "--labels", str(tmp_path / "labels.csv")]
+    assert ideal_words_report.cli(base + ["--out", str(tmp_path / "ok")]) == 0
+    zs = pd.read_csv(tmp_path / "ok" / "zero_shot.csv")
+    assert set(zs["n_images"]) == {4} and set(zs["target"]) == {"pair", "colour", "object"}
+    (folder / names[0]).unlink()
+    assert ideal_words_report.cli(base + ["--out", str(tmp_path / "missing")]) == 2
+    assert "1 of 4 image files are missing" in capsys.readouterr().err
+    assert not (tmp_path / "missing").exists()
