@@ -151,3 +151,39 @@ def test_the_prefix_is_untouched_only_at_layer_zero(minilm, runs):
             assert bool((prefix_change > PREFIX_DIFFERS).all()), (
                 f"{run['batch_n'].texts[item]!r}: prefix unchanged at some layer >= 1: {prefix_change}"
             )
+
+
+def test_the_tracing_engine_on_minilm_matches_a_plain_patching_loop(minilm, aligned):
+    """The project's batched engine (generic path: bidirectional, mean-pooled, padded batch) gives
+    the same residual-patching grid as a plain loop written here, cell by cell over positions."""
+    from interp.tracing.engine import patched_scores, uses_fast_path
+    from interp.tracing.inputs import build_runs, effects
+    from interp.tracing.spec import TraceSpec
+
+    items = [aligned[i] for i in range(0, len(aligned), len(aligned) // 16)][:16]
+    assert len({item.length for item in items}) > 1, "the batch must mix lengths (padding)"
+    batch_n = minilm.to_tokens([item.pair.negated for item in items])
+    batch_a = minilm.to_tokens([item.pair.affirmative for item in items])
+    with torch.no_grad():
+        e_n, e_a = minilm(batch_n), minilm(batch_a)
+    direction = text_target_directions(e_n, e_a)
+    spec = TraceSpec(n_layers=minilm.cfg.n_layers)
+    assert not uses_fast_path(minilm)
+    runs, per_item = build_runs(minilm, items, direction)
+    effect, *_ = effects(patched_scores(minilm, runs, spec), per_item)  # [item, layer, pos]
+
+    s_n, s_a = score(e_n, direction), score(e_a, direction)
+    real = batch_a.attention_mask
+    with torch.no_grad():
+        for layer in range(spec.n_axis):
+            h_n = minilm(batch_n, stop_at_layer=layer)
+            h_a = minilm(batch_a, stop_at_layer=layer)
+            for pos in range(batch_a.tokens.shape[1]):
+                state = h_a.clone()
+                state[:, pos] = h_n[:, pos]
+                expected = cte(score(minilm(batch_a, start_at_layer=layer, residual=state), direction), s_a, s_n)
+                got = effect[:, layer, pos]
+                assert torch.allclose(got[real[:, pos]], expected[real[:, pos]], atol=1e-5), (layer, pos)
+                assert bool(torch.isnan(got[~real[:, pos]]).all()), "padded cells are NaN in the engine"
+    last = effect[:, -1]
+    assert bool((last[real].abs() > 0).all()), "mean pooling: every real position matters at the last layer"
