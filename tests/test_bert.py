@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from interp import load_text_encoder, weights_fingerprint
 from interp.bert import MINILM_SHA256, file_sha256, load_bert_directory, minilm_directory
+from interp.config import ConfigError
 from interp.errors import CheckpointMismatchError, UnknownModelError, WeightsUnavailableError
 from interp.tokenization import TokenizationError
 
@@ -246,7 +247,7 @@ def test_not_a_directory_and_not_bert_are_refused(tmp_path):
         load_text_encoder("all-MiniLM-L6-v2", str(tmp_path / "nowhere"))
     folder = _copy_model_dir(tmp_path, skip=("config.json",))
     (folder / "config.json").write_text(json.dumps({"model_type": "roberta"}))
-    with pytest.raises(Exception, match="model_type 'roberta'"):
+    with pytest.raises(ConfigError, match="model_type 'roberta'"):
         load_bert_directory(folder)
 
 
@@ -324,5 +325,5 @@ def test_unsupported_sentence_transformers_modules_are_refused(tmp_path, modules
     if pooling is not None:
         (folder / "1_Pooling").mkdir(exist_ok=True)
         (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
-    with pytest.raises(Exception, match=named):
+    with pytest.raises(ConfigError, match=named):
         load_bert_directory(folder)
