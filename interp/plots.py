@@ -1,0 +1,93 @@
+"""Seaborn figures drawn from result tables (Agg backend, written atomically).
+
+Generic helpers shared by the CLIs: :func:`roles_layers_heatmap` (the reference study's layout:
+token roles as rows, layers as columns) and :func:`heads_heatmap` (layers x heads, diverging
+around 0). Plotting needs the ``plots`` extra (matplotlib, seaborn); the engines never import it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from interp.errors import ClipInterpError
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import seaborn as sns
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise ClipInterpError("figures need matplotlib and seaborn: pip install 'clip-interp[plots]'") from err
+    return plt, sns
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def roles_layers_heatmap(
+    matrix: pd.DataFrame,
+    path: str | os.PathLike,
+    title: str,
+    *,
+    vmin: float = -0.2,
+    vmax: float = 1.0,
+    cmap: str = "viridis",
+    xlabel: str = "layer",
+) -> Path:
+    """Heatmap of a roles (rows) x layers (columns) table, values annotated to 2 decimals."""
+    plt, sns = _pyplot()
+    height = 0.45 * len(matrix) + 1.5
+    width = 0.55 * matrix.shape[1] + 2.5
+    fig, ax = plt.subplots(figsize=(width, height))
+    sns.heatmap(matrix.astype(float), ax=ax, annot=True, fmt=".2f", vmin=vmin, vmax=vmax, cmap=cmap,
+                cbar_kws={"shrink": 0.8}, annot_kws={"fontsize": 7})
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("")
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def heads_heatmap(
+    matrix: pd.DataFrame,
+    path: str | os.PathLike,
+    title: str,
+    *,
+    center: float = 0.0,
+    limit: float | None = None,
+    cmap: str = "RdBu_r",
+    annotate: bool = True,
+) -> Path:
+    """Layers (rows) x heads (columns) heatmap, diverging around ``center`` (symmetric limits)."""
+    plt, sns = _pyplot()
+    values = matrix.astype(float)
+    bound = limit if limit is not None else float(max(abs(values.min().min() - center), abs(values.max().max() - center), 1e-12))
+    fig, ax = plt.subplots(figsize=(0.5 * values.shape[1] + 2.5, 0.4 * values.shape[0] + 1.5))
+    sns.heatmap(values, ax=ax, center=center, vmin=center - bound, vmax=center + bound, cmap=cmap,
+                annot=annotate, fmt=".2f", annot_kws={"fontsize": 6}, cbar_kws={"shrink": 0.8})
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
