@@ -1,0 +1,71 @@
+"""End to end: python -m interp.ablate on the tiny model writes tables, figures and the report;
+resumes; refuses other settings; bad input is one clear line and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from interp.ablate import main
+from interp.cli_common import run_cli
+from interp.runs import read_csv
+
+BASE = ["--model", "tiny", "--pretrained", "none", "--target", "text", "--limit", "5", "--chunk", "2"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablate") / "run"
+    assert run_cli(main, [*BASE, "--components", "head,mlp", "--out", str(out)]) == 0
+    return out
+
+
+def test_writes_tables_figures_report(run_dir):
+    for name in ("config.json", "ablation_summary.csv", "negator_attention.csv", "negator_attention_roles.csv",
+                 "direct_effects.csv", "head_importance.png", "negator_attention.png", "per_layer.png",
+                 "direct_effects.png", "report.md"):
+        assert (run_dir / name).is_file(), name
+    items = read_csv(run_dir / "ablation_summary.csv")
+    heads = items[(items.kind == "head") & (items.group == "all")]
+    assert len(heads) == 2 * 4 and set(heads.n) == {5}
+    report = (run_dir / "report.md").read_text()
+    assert "random-init" in report and "say nothing about CLIP" in report
+    assert "accuracy and segments are undefined" in report  # text target: no accuracy numbers
+    assert "n = 5" in report
+    # invariants are reported with measured values, and they hold
+    for line in report.splitlines():
+        if "max |" in line:
+            assert float(line.rsplit("=", 1)[1]) < 1e-5, line
+    # the summary is drawn from the per-item table
+    per_item = read_csv(next((run_dir / "items").glob("*.csv")))
+    assert set(per_item.columns) >= {"item_id", "component", "role", "d_clean", "d_ablated", "effect"}
+    np.testing.assert_allclose(per_item.effect, per_item.d_ablated - per_item.d_clean, atol=1e-6)  # float32 values
+
+
+def test_resume_skips_done_items_and_gives_same_tables(run_dir, tmp_path):
+    before = read_csv(run_dir / "ablation_summary.csv")
+    files = sorted((run_dir / "items").glob("*.csv"))
+    files[0].unlink()  # as if the run had been killed before this item
+    assert run_cli(main, [*BASE, "--components", "head,mlp", "--out", str(run_dir)]) == 0
+    after = read_csv(run_dir / "ablation_summary.csv")
+    np.testing.assert_allclose(after.effect, before.effect, atol=1e-7)
+    # other settings into the same directory are refused, naming the difference
+    proc = subprocess.run([sys.executable, "-m", "interp.ablate", *BASE, "--method", "zero", "--out", str(run_dir)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "different settings" in proc.stderr and "method" in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "tiny", "--pretrained", "none", "--limit", "2"], "--target text"),
+    ([*BASE, "--method", "shuffle"], "does not exist: choose one of zero, mean, resample"),
+    ([*BASE, "--layers", "5"], "valid layers are 0..1"),
+    ([*BASE, "--segment", "correct"], "needs images"),
+])
+def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys):
+    assert run_cli(main, [*args, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
