@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 DEFAULT_FOLDS = 5
 DEFAULT_C = 1.0
 MAX_ITER = 2000
+# Features whose spread is below this share of the largest spread are treated as constant (ignored).
+# Without it, a dimension that is constant up to rounding (e.g. after a final LayerNorm, std ~1e-32)
+# is blown up by standardisation and captures the whole exported direction.
+CONSTANT_FEATURE_RTOL = 1e-8
 
 
 class ProbeError(ClipInterpError, ValueError):
@@ -49,6 +53,15 @@ def _sklearn():
     except ImportError as exc:  # pragma: no cover - sklearn is installed with the probes extra
         raise ProbeError("linear probes need scikit-learn: pip install -c constraints.txt 'clip-interp[probes]'") from exc
     return LogisticRegression, StandardScaler
+
+
+def _fit_scaler(X: np.ndarray):
+    """A fitted StandardScaler whose near-constant features (see CONSTANT_FEATURE_RTOL) map to 0."""
+    _, StandardScaler = _sklearn()
+    scaler = StandardScaler().fit(X)
+    tiny = scaler.scale_ < CONSTANT_FEATURE_RTOL * scaler.scale_.max()
+    scaler.scale_ = np.where(tiny, np.inf, scaler.scale_)
+    return scaler
 
 
 # ---------------------------------------------------------------------------------------------- folds and labels
@@ -98,7 +111,7 @@ def _check(features: Tensor, labels: np.ndarray, groups: np.ndarray) -> None:
 def cv_accuracy(features: Float[Tensor, "layer n d"], labels: Sequence[int], folds: Sequence[np.ndarray],
                 C: float = DEFAULT_C, progress: bool = False) -> np.ndarray:
     """Held-out accuracy ``[layer, fold]`` of a standardised L2 logistic regression trained per fold."""
-    LogisticRegression, StandardScaler = _sklearn()
+    LogisticRegression, _ = _sklearn()
     y = np.asarray(labels).astype(int)
     X = features.detach().to(torch.float64).cpu().numpy()
     out = np.zeros((X.shape[0], len(folds)))
@@ -108,7 +121,7 @@ def cv_accuracy(features: Float[Tensor, "layer n d"], labels: Sequence[int], fol
             train = np.setdiff1d(all_idx, test)
             if len(np.unique(y[train])) < 2:
                 raise ProbeError(f"fold {k} has one class only in its training part; use fewer folds")
-            scaler = StandardScaler().fit(X[layer, train])
+            scaler = _fit_scaler(X[layer, train])
             clf = LogisticRegression(C=C, max_iter=MAX_ITER).fit(scaler.transform(X[layer, train]), y[train])
             out[layer, k] = float((clf.predict(scaler.transform(X[layer, test])) == y[test]).mean())
     return out
@@ -166,10 +179,10 @@ class ProbeDirection:
 def fit_direction(features: Float[Tensor, "n d"], labels: Sequence[int], C: float = DEFAULT_C,
                   layer: int | None = None, role: str | None = None) -> ProbeDirection:
     """Fit the probe on all samples and return its normal in residual coordinates (``coef / scale``)."""
-    LogisticRegression, StandardScaler = _sklearn()
+    LogisticRegression, _ = _sklearn()
     y = np.asarray(labels).astype(int)
     X = features.detach().to(torch.float64).cpu().numpy()
-    scaler = StandardScaler().fit(X)
+    scaler = _fit_scaler(X)
     clf = LogisticRegression(C=C, max_iter=MAX_ITER).fit(scaler.transform(X), y)
     w = clf.coef_[0] / scaler.scale_
     norm = np.linalg.norm(w)

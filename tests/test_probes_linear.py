@@ -216,3 +216,18 @@ def test_bad_probe_inputs():
         probe_layers(torch.zeros(1, 4, 2), [1, 0, 1], [0, 0, 1, 1], n_folds=2)
     with pytest.raises(ProbeError, match="outside"):
         role_weights([[5]], 3)
+
+
+def test_near_constant_feature_does_not_capture_the_direction():
+    """A dimension constant up to rounding (seen after MiniLM's final LayerNorm) must be ignored, not
+    blown up by standardisation into the whole direction."""
+    rng = np.random.default_rng(0)
+    y = np.array([1, 0] * 40)
+    X = rng.normal(size=(80, 6))
+    X[:, 1] += 2.0 * (2 * y - 1)  # the informative dimension
+    X[:, 4] = 0.3 + 1e-32 * rng.normal(size=80)  # constant up to rounding
+    d = fit_direction(torch.from_numpy(X), y, layer=0)
+    assert abs(float(d.direction[1])) > 0.9 and abs(float(d.direction[4])) < 1e-9
+    assert d.gap > 3.0
+    acc = cv_accuracy(torch.from_numpy(X)[None], y, grouped_folds(np.repeat(np.arange(40), 2), 4))
+    assert acc.mean() > 0.9
