@@ -139,3 +139,23 @@ def test_label_errors(tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros(3))
     with pytest.raises(LabelError, match=r"\[n_images, d\]"):
         load_image_embeddings(tmp_path / "bad.npy")
+
+
+def test_zero_shot_predictions_equal_plain_loop(tiny):
+    from probes.iw_uses import zero_shot_predictions
+
+    cs = concept_set_from_dict(SET)
+    emb = embed_concept_set(tiny, cs, layers=False)
+    images = torch.randn(9, 32, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    preds = zero_shot_predictions(images, emb)
+    dec = decompose(emb.final)
+    x = images / images.norm(dim=-1, keepdim=True)
+    for n in range(9):
+        best_iw = max(((a, o) for a in range(3) for o in range(2)),
+                      key=lambda z: float(x[n] @ dec.approx[z]))  # <x, u~_z>: u_0 does not change the ranking
+        best_pair = max(((a, o) for a in range(3) for o in range(2)), key=lambda z: float(x[n] @ emb.final[z]))
+        best_rw = max(((a, o) for a in range(3) for o in range(2)),
+                      key=lambda z: float(x[n] @ (emb.single_words[0][z[0]] + emb.single_words[1][z[1]])))
+        assert tuple(preds["ideal_words"][n]) == best_iw
+        assert tuple(preds["pair_prompts"][n]) == best_pair
+        assert tuple(preds["real_words"][n]) == best_rw
