@@ -211,7 +211,7 @@ def render_markdown(config: dict[str, Any], frames: dict[str, pd.DataFrame]) -> 
     if not layers.empty:
         piv = layers.pivot_table(index=["model_kind", "concept_set"], columns="layer", values="IW_rel")
         piv = piv[sorted(piv.columns, key=int)].reset_index()
-        piv.columns = [str(c) if str(c).isdigit() is False else f"L{c}" for c in piv.columns]
+        piv.columns = [f"L{c}" if str(c).isdigit() else str(c) for c in piv.columns]
         lines += ["## IW / mean distance to u_0, per layer (pooled residual)", "",
                   markdown_table(piv), "", "![IW by layer](figures/iw_by_layer.png)", ""]
     if not frames["idioms"].empty:
