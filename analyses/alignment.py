@@ -221,6 +221,6 @@ def kfold_alignment(
 
 
 if __name__ == "__main__":  # python -m analyses.alignment --x a.npz --y b.npz --out DIR
-    from analyses.cli import main
+    from analyses.cli import run
 
-    raise SystemExit(main())
+    raise SystemExit(run())

@@ -355,12 +355,17 @@ def cka_matrix(
     kernel: Kernel = "linear",
     debiased: bool = False,
     names: tuple[str, str] = ("X", "Y"),
+    constant_layers: Literal["raise", "nan"] = "raise",
 ) -> Float[np.ndarray, "layers_x layers_y"]:
     """CKA between every layer of one model/tower (``xs``) and every layer of another (``ys``).
 
     Self-similarity terms are computed once per layer. Linear CKA stays in feature space; RBF keeps
-    the ``ys`` kernels in memory (len(ys) * 8 n^2 bytes).
+    the ``ys`` kernels in memory (len(ys) * 8 n^2 bytes). A layer that is the same for every item
+    (e.g. a CLS token before the first block) has no defined CKA: ``constant_layers="raise"`` names it,
+    ``"nan"`` fills its row/column with NaN and logs a warning.
     """
+    if constant_layers not in ("raise", "nan"):
+        raise AnalysisInputError(f"constant_layers must be 'raise' or 'nan', got {constant_layers!r}.")
     _check_kernel(kernel)
     if len(xs) == 0 or len(ys) == 0:
         raise AnalysisInputError(f"cka_matrix needs at least one layer on each side, got {len(xs)} and {len(ys)}.")
@@ -375,22 +380,47 @@ def cka_matrix(
                     f"{name} layer {i} has {layer.shape[0]} rows but {names[0]} layer 0 has {n}: every layer "
                     "of both sides must hold the same paired items."
                 )
-    out = np.empty((len(xs), len(ys)))
+    out = np.full((len(xs), len(ys)), np.nan)
+
+    def constant(name: str, i: int) -> None:
+        msg = f"{name} layer {i} is constant across items (zero self-HSIC): its CKA is undefined"
+        if constant_layers == "raise":
+            raise AnalysisInputError(msg + "; drop that layer or pass constant_layers='nan'.")
+        log.warning("%s; its CKA entries are NaN", msg)
+
+    def usable(selfs: list[float], name: str) -> list[bool]:
+        for i, v in enumerate(selfs):
+            if not v > 0:
+                constant(name, i)
+        return [v > 0 for v in selfs]
+
     if kernel == "linear":
         xside = [_linear_side(x) for x in xs]
         yside = [_linear_side(y) for y in ys]
         xself = [_linear_hsic_centered(*s, *s, debiased) for s in xside]
         yself = [_linear_hsic_centered(*s, *s, debiased) for s in yside]
+        xok, yok = usable(xself, names[0]), usable(yself, names[1])
         for i in tqdm(range(len(xs)), desc="CKA matrix", leave=False, disable=len(xs) < 4):
             for j in range(len(ys)):
-                out[i, j] = _safe_ratio(_linear_hsic_centered(*xside[i], *yside[j], debiased), xself[i], yself[j])
+                if xok[i] and yok[j]:
+                    out[i, j] = _safe_ratio(_linear_hsic_centered(*xside[i], *yside[j], debiased), xself[i], yself[j])
         return out
     h = hsic_unbiased if debiased else hsic
-    lgrams = [rbf_gram(y) for y in ys]
-    lself = [h(l, l) for l in lgrams]
+
+    def rbf_or_none(x: np.ndarray, name: str, i: int) -> np.ndarray | None:
+        if np.ptp(x, axis=0).max() > 0:
+            return rbf_gram(x)
+        constant(name, i)
+        return None
+
+    lgrams = [rbf_or_none(y, names[1], j) for j, y in enumerate(ys)]
+    lself = [None if l is None else h(l, l) for l in lgrams]
     for i in tqdm(range(len(xs)), desc="CKA matrix", leave=False, disable=len(xs) < 4):
-        k = rbf_gram(xs[i])
+        k = rbf_or_none(xs[i], names[0], i)
+        if k is None:
+            continue
         kself = h(k, k)
         for j, l in enumerate(lgrams):
-            out[i, j] = _safe_ratio(h(k, l), kself, lself[j])
+            if l is not None:
+                out[i, j] = _safe_ratio(h(k, l), kself, lself[j])
     return out

@@ -205,3 +205,9 @@ def test_bad_input_errors_name_the_input():
         cka(x, x, kernel="cosine")
     with pytest.raises(AnalysisInputError, match="layer 1 has 4 rows"):
         cka_matrix([x], [x, x[:4]])
+    const = np.ones((5, 3))
+    for kernel in ("linear", "rbf"):
+        with pytest.raises(AnalysisInputError, match="Y layer 1 is constant across items"):
+            cka_matrix([x], [x, const], kernel=kernel)
+        mat = cka_matrix([x, const], [x, const], kernel=kernel, constant_layers="nan")
+        assert mat[0, 0] == pytest.approx(1.0) and np.isnan(mat[1]).all() and np.isnan(mat[:, 1]).all()
