@@ -3,9 +3,6 @@ resumes; refuses other settings; bad input is one clear line and exit code 2."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -45,18 +42,21 @@ def test_writes_tables_figures_report(run_dir):
     np.testing.assert_allclose(per_item.effect, per_item.d_ablated - per_item.d_clean, atol=1e-6)  # float32 values
 
 
-def test_resume_skips_done_items_and_gives_same_tables(run_dir, tmp_path):
+def test_resume_skips_done_items_and_gives_same_tables(run_dir, capsys):
     before = read_csv(run_dir / "ablation_summary.csv")
     files = sorted((run_dir / "items").glob("*.csv"))
     files[0].unlink()  # as if the run had been killed before this item
+    stamps = {f: f.stat().st_mtime_ns for f in files[1:]}
     assert run_cli(main, [*BASE, "--components", "head,mlp", "--out", str(run_dir)]) == 0
     after = read_csv(run_dir / "ablation_summary.csv")
+    assert files[0].is_file()  # the missing item was redone
+    assert all(f.stat().st_mtime_ns == t for f, t in stamps.items())  # finished items were skipped
     np.testing.assert_allclose(after.effect, before.effect, atol=1e-7)
     # other settings into the same directory are refused, naming the difference
-    proc = subprocess.run([sys.executable, "-m", "interp.ablate", *BASE, "--method", "zero", "--out", str(run_dir)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert "different settings" in proc.stderr and "method" in proc.stderr
+    capsys.readouterr()
+    assert run_cli(main, [*BASE, "--method", "zero", "--out", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "different settings" in err and "method" in err
 
 
 @pytest.mark.parametrize("args,message", [
