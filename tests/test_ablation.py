@@ -189,3 +189,24 @@ def test_clear_errors(tiny, sentences, directions):
         resample_donors(torch.tensor([3]), torch.tensor([], dtype=torch.long), 0)
     with pytest.raises(AblationError, match="one per sentence"):
         ablation_scores(tiny, batch, directions[:2], COMPONENTS, "zero", progress=False)
+
+
+def test_bidirectional_post_ln_encoder_matches_loop():
+    """MiniLM (bidirectional, post-LN, mean pooling, normalised output) through the same public API."""
+    from interp.attention import negator_attention, negator_attention_reference
+
+    model = interp.load_text_encoder("all-MiniLM-L6-v2")
+    assert not model.cfg.causal and model.cfg.norm == "post"
+    aligned, _ = align_pairs(load_existence_pairs().pairs[:6], model.tokenizer)
+    aligned = aligned[:2]
+    attention = negator_attention(model, aligned, batch_size=1, progress=False)
+    torch.testing.assert_close(attention.scores(), negator_attention_reference(model, aligned), atol=1e-6, rtol=0)
+    ids = [a.tokens_negated for a in aligned] + [a.tokens_affirmative for a in aligned]
+    batch = batch_from_ids(model, ids)
+    directions = torch.nn.functional.normalize(torch.randn(len(ids), model.cfg.d_embed, generator=torch.Generator().manual_seed(0)), dim=-1)
+    comps = [Component("head", 2, 1), Component("mlp", 4)]
+    means = reference_means(model, batch, comps)
+    fast = ablation_scores(model, batch, directions, comps, "mean", means=means, sentence_batch=3, progress=False)
+    slow = ablation_scores_reference(model, ids, directions, comps, "mean", reference=ids)
+    torch.testing.assert_close(fast.ablated, slow, atol=ATOL, rtol=0)
+    assert (fast.ablated - fast.clean).abs().max() > 1e-4
