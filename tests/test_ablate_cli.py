@@ -4,6 +4,8 @@ resumes; refuses other settings; bad input is one clear line and exit code 2."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import torch
 import pytest
 
 from interp.ablate import main
@@ -69,3 +71,32 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys):
     assert run_cli(main, [*args, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_image_embeddings_target_reports_accuracy_and_segments(tmp_path):
+    from interp.data.negation import load_existence_pairs
+    from interp.image_cache import save_precomputed_embeddings
+
+    files = sorted({p.image_file for p in load_existence_pairs().pairs[:6]})
+    emb = torch.randn(len(files), 32, generator=torch.Generator().manual_seed(0))
+    path = save_precomputed_embeddings(tmp_path / "img.npz", files, emb)
+    args = ["--model", "tiny", "--pretrained", "none", "--image-embeddings", str(path), "--limit", "6",
+            "--method", "resample", "--layers", "1"]
+    assert run_cli(main, [*args, "--out", str(tmp_path / "run")]) == 0
+    summary = read_csv(tmp_path / "run" / "ablation_summary.csv")
+    assert {"accuracy_clean", "accuracy_ablated", "accuracy_change"} <= set(summary.columns)
+    rows = summary[summary.group == "all"]
+    np.testing.assert_allclose(rows.accuracy_change, rows.accuracy_ablated - rows.accuracy_clean, atol=1e-12)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Clean accuracy" in report and "undefined" not in report
+    assert (tmp_path / "run" / "negator_attention_d_correlation.csv").is_file()
+    # --segment keeps only that segment's items and lists the others with their d
+    per_item = pd.concat([read_csv(f) for f in (tmp_path / "run" / "items").glob("*.csv")]).drop_duplicates("item_id")
+    n_ambiguous = int(((per_item.d_clean >= -1) & (per_item.d_clean < 1)).sum())
+    code = run_cli(main, [*args, "--segment", "ambiguous", "--out", str(tmp_path / "seg")])
+    if n_ambiguous == 0:
+        assert code == 2
+    else:
+        assert code == 0
+        seg = (tmp_path / "seg" / "report.md").read_text()
+        assert f"{6 - n_ambiguous} outside --segment ambiguous" in seg and f"n = {n_ambiguous}**" in seg
