@@ -16,42 +16,35 @@ Pure numpy/scipy/torch maths over any two paired embedding matrices (row i of X 
   :mod:`analyses.bench`: runtime figures.
 """
 
-from analyses.alignment import (
-    csls_scores,
-    fit_procrustes,
-    kfold_alignment,
-    pca_reduce,
-    precision_at_k,
-)
-from analyses.assignment_map import AssignmentMapConfig, compare_maps, fit_assignment_map
-from analyses.matching import local_cka_scores, matching_protocol, seeded_qap
-from analyses.similarity import (
-    LinearCKAAccumulator,
-    cka,
-    cka_matrix,
-    linear_cka,
-    permutation_test,
-    rbf_cka,
-)
-from analyses.sinkhorn import sinkhorn
+# Names resolve lazily (PEP 562), so ``python -m analyses.alignment`` does not import its own module twice
+# and importing the package stays cheap.
+_EXPORTS = {
+    "AssignmentMapConfig": "analyses.assignment_map",
+    "LinearCKAAccumulator": "analyses.similarity",
+    "cka": "analyses.similarity",
+    "cka_matrix": "analyses.similarity",
+    "compare_maps": "analyses.assignment_map",
+    "csls_scores": "analyses.alignment",
+    "fit_assignment_map": "analyses.assignment_map",
+    "fit_procrustes": "analyses.alignment",
+    "kfold_alignment": "analyses.alignment",
+    "linear_cka": "analyses.similarity",
+    "local_cka_scores": "analyses.matching",
+    "matching_protocol": "analyses.matching",
+    "pca_reduce": "analyses.alignment",
+    "permutation_test": "analyses.similarity",
+    "precision_at_k": "analyses.alignment",
+    "rbf_cka": "analyses.similarity",
+    "seeded_qap": "analyses.matching",
+    "sinkhorn": "analyses.sinkhorn",
+}
 
-__all__ = [
-    "AssignmentMapConfig",
-    "LinearCKAAccumulator",
-    "cka",
-    "cka_matrix",
-    "compare_maps",
-    "csls_scores",
-    "fit_assignment_map",
-    "fit_procrustes",
-    "kfold_alignment",
-    "linear_cka",
-    "local_cka_scores",
-    "matching_protocol",
-    "pca_reduce",
-    "permutation_test",
-    "precision_at_k",
-    "rbf_cka",
-    "seeded_qap",
-    "sinkhorn",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'analyses' has no attribute {name!r}")

@@ -101,3 +101,16 @@ def test_bad_input():
         fit_assignment_map(x, y, config=AssignmentMapConfig(epochs=0))
     with pytest.raises(AnalysisInputError, match="scores contain NaN"):
         sinkhorn(torch.tensor([[0.0, float("nan")]]))
+
+
+def test_frequency_marginal_with_equal_counts_equals_uniform_and_skewed_counts_change_the_map():
+    x, y = _planted(200, 6, 0.3, seed=5)
+    protos = y[:20]
+    cfg = dict(epochs=3, batch_size=50, seed=1)
+    uniform = fit_assignment_map(x, y, prototypes=protos, config=AssignmentMapConfig(**cfg))
+    equal = fit_assignment_map(x, y, prototypes=protos, frequencies=np.full(20, 7.0),
+                               config=AssignmentMapConfig(marginal="frequency", **cfg))
+    np.testing.assert_allclose(equal.weight, uniform.weight, atol=1e-12)
+    skewed = fit_assignment_map(x, y, prototypes=protos, frequencies=np.geomspace(1, 1000, 20),
+                                config=AssignmentMapConfig(marginal="frequency", **cfg))
+    assert np.abs(skewed.weight - uniform.weight).max() > 1e-3

@@ -151,3 +151,12 @@ def test_read_captions_errors(tmp_path):
         read_captions(tmp_path / "c.csv")
     with pytest.raises(AnalysisInputError, match="not found"):
         read_captions(tmp_path / "none.csv")
+
+
+def test_package_exports_resolve():
+    import analyses
+
+    for name in analyses.__all__:
+        assert callable(getattr(analyses, name)), name
+    with pytest.raises(AttributeError):
+        analyses.no_such_name  # noqa: B018
