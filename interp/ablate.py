@@ -30,7 +30,8 @@ from interp.cli_common import add_model_args, load_model_from_args, run_cli
 from interp.data.negation import ROLES, align_pairs, load_existence_pairs
 from interp.errors import ClipInterpError
 from interp.loading import weights_fingerprint
-from interp.runs import RunDir, default_run_dir, write_csv
+from interp.report import Report
+from interp.runs import RunDir, default_run_dir
 from interp.scoring import SEGMENT_LABELS, TEXT_MODE_NOTE, image_target_directions, score, segments, text_target_directions
 
 log = logging.getLogger("interp.ablate")
@@ -226,45 +227,30 @@ def select_items(args, model, aligned, dirs1, dirs2, target):
     return [aligned[i] for i in keep], dirs1[keep], dirs2[keep], excluded
 
 
-def _heatmap(table: pd.DataFrame, value: str, title: str, path: Path, center0: bool = True) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+def _heatmap(table: pd.DataFrame, value: str, title: str, path: Path) -> None:
+    """Layers x heads heatmap of ``value`` (shared helper :func:`interp.plots.heads_heatmap`)."""
+    from interp.plots import heads_heatmap
 
     grid = table.pivot(index="layer", columns="head", values=value)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.5 + 0.6 * grid.shape[1]), max(3.0, 1.2 + 0.45 * grid.shape[0])))
-    sns.heatmap(grid, ax=ax, cmap="RdBu_r" if center0 else "viridis", center=0 if center0 else None,
-                annot=grid.size <= 144, fmt=".2f", annot_kws={"size": 7}, cbar_kws={"label": value})
-    ax.set_title(title.replace("; ", "\n", 1), fontsize=9)
-    ax.set_xlabel("head (0-indexed)")
-    ax.set_ylabel("layer (0-indexed)")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    grid.index.name, grid.columns.name = "layer (0-indexed)", "head (0-indexed)"
+    heads_heatmap(grid, path, title.replace("; ", "\n", 1), annotate=grid.size <= 144)
 
 
 def _bars(frame: pd.DataFrame, path: Path, title: str) -> None:
-    import matplotlib
+    """Per-layer bars of the summed effect, one hue per component kind (not in interp.plots yet)."""
+    from interp.plots import _pyplot, _save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
+    plt, sns = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     sns.barplot(data=frame.assign(layer=frame["layer"].astype(str)), x="layer", y="effect", hue="kind", ax=ax,
                 order=[str(v) for v in sorted(frame["layer"].unique())])
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("layer (0-indexed)")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        _save(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def _top(frame: pd.DataFrame, column: str, k: int = 5) -> str:
@@ -330,53 +316,56 @@ def write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loa
         figures.append("direct_effects.png")
 
     c = model.cfg
-    lines = [
-        "# Head ablation and attribution: VALSE existence",
-        "",
-        f"- Model: `{c.model_name}`, weights: {c.pretrained or 'random init'} (fingerprint `{weights_fingerprint(model)[:16]}`)."
-        + ("" if c.pretrained and "random" not in str(c.pretrained) and "hand-built" not in str(c.pretrained)
-           else " **Random or hand-built weights: these numbers say nothing about CLIP.**"),
-        f"- Target: {target}" + (" (S = exp(logit_scale) cos(text, image); d = S(caption) - S(foil))" if target == "image"
-                                  else " (S(x) = cos(x, e_N) - cos(x, e_A); the per-item value is S(N) - S(A))"),
-        f"- Ablation: {args.method}" + (f", per-{'position mean over the reference sentences' if args.mean_over == 'items' else 'component mean over every token of the reference sentences'} (reference: {args.reference} sentences of the {len(aligned)} items)" if args.method == "mean" else "")
-        + (f", donors from other items, seed {args.seed}" if args.method == "resample" else "") + f"; head site `{args.site}`; {len(comps)} components.",
-        f"- Items: {loaded.counts['raw']} in the file, {loaded.counts['valid']} valid, {loaded.counts['minimal_pairs']} minimal pairs"
+    random_weights = not c.pretrained or "random" in str(c.pretrained) or "hand-built" in str(c.pretrained)
+    rep = Report("Head ablation and attribution: VALSE existence")
+    rep.bullets([
+        f"Model: `{c.model_name}`, weights: {c.pretrained or 'random init'} (fingerprint `{weights_fingerprint(model)[:16]}`)."
+        + (" **Random or hand-built weights: these numbers say nothing about CLIP.**" if random_weights else ""),
+        f"Target: {target}" + (" (S = exp(logit_scale) cos(text, image); d = S(caption) - S(foil))" if target == "image"
+                               else " (S(x) = cos(x, e_N) - cos(x, e_A); the per-item value is S(N) - S(A))"),
+        f"Ablation: {args.method}"
+        + (f", per-{'position mean over the reference sentences' if args.mean_over == 'items' else 'component mean over every token of the reference sentences'}"
+           f" (reference: {args.reference} sentences of the {len(aligned)} items)" if args.method == "mean" else "")
+        + (f", donors from other items, seed {args.seed}" if args.method == "resample" else "")
+        + f"; head site `{args.site}`; {len(comps)} components" + (", also per token role" if args.by_role else "") + ".",
+        f"Items: {loaded.counts['raw']} in the file, {loaded.counts['valid']} valid, {loaded.counts['minimal_pairs']} minimal pairs"
         + (f", first {args.limit} kept (--limit)" if args.limit else "")
         + f"; {len(rejected)} not token-aligned; {len(seg_excluded)} outside --segment {args.segment}; **n = {len(aligned)}** analysed.",
-        "- Layers and heads are 0-indexed in every table and figure (add 1 to both for the paper's L4H2-style labels).",
-        "",
-    ]
+        "Layers and heads are 0-indexed in every table and figure (add 1 to both for the paper's L4H2-style labels).",
+    ])
     if rejected:
-        lines += ["Not token-aligned:", *[f"- {r.pair.item_id}: {r.reason}" for r in rejected[:20]], ""]
+        rep.paragraph("Not token-aligned:").bullets(f"{r.pair.item_id}: {r.reason}" for r in rejected[:20])
     if seg_excluded:
-        lines += [f"Outside the segment: {len(seg_excluded)} items, e.g. " + "; ".join(f"{i}: {why}" for i, why in seg_excluded[:5]), ""]
-    lines += ["## Ablation (`ablation_summary.csv`, per item: `items/`)", "",
-              f"n = {len(aligned)} items x {len(comps)} components. Mean clean {quantity}: {float(d_clean.mean()):+.4f}.",
-              f"Largest mean effects (ablated - clean): {_top(heads_all if len(heads_all) else blocks, 'effect')}.", ""]
+        rep.paragraph(f"Outside the segment: {len(seg_excluded)} items, e.g. " + "; ".join(f"{i}: {why}" for i, why in seg_excluded[:5]))
+    rep.heading("Ablation (`ablation_summary.csv`, per item: `items/`)")
+    rep.paragraph(f"n = {len(aligned)} items x {len(comps)} components. Mean clean {quantity}: {float(d_clean.mean()):+.4f}. "
+                  f"Largest mean effects (ablated - clean): {_top(heads_all if len(heads_all) else blocks, 'effect')}.")
     if target == "image":
         acc = blocks[["component", "accuracy_clean", "accuracy_ablated", "accuracy_change"]]
         worst_acc = acc.reindex(acc.accuracy_change.abs().sort_values(ascending=False).index).head(5)
-        lines += [f"Clean accuracy {float((d_clean > 0).float().mean()):.4f}; largest accuracy changes: "
-                  + ", ".join(f"{r.component} {r.accuracy_change:+.4f}" for r in worst_acc.itertuples()) + ".", ""]
+        rep.paragraph(f"Clean accuracy {float((d_clean > 0).float().mean()):.4f} (n = {len(aligned)}); largest accuracy changes:")
+        rep.table(worst_acc, floatfmt=".4f")
     else:
-        lines += [f"Accuracy: {TEXT_MODE_NOTE}.", ""]
+        rep.paragraph(f"Accuracy: {TEXT_MODE_NOTE}.")
     top_att = att_mean[att_mean.group == "all"]
     top_att = top_att.reindex(top_att.mean_score.sort_values(ascending=False).index).head(5)
-    lines += ["## Negator-selective attention (`negator_attention.csv`)", "",
-              f"n = {len(aligned)} items. Top heads (0-indexed, 1-indexed in brackets): "
-              + ", ".join(f"L{r.layer}H{r.head} [L{r.layer + 1}H{r.head + 1}] {r.mean_score:.4f}" for r in top_att.itertuples()) + ".",
-              f"Layer with the highest mean over heads: {top_layer} (0-indexed); per-role table for it: `negator_attention_roles.csv`.", ""]
+    top_att = top_att.assign(label=[f"L{r.layer}H{r.head}" for r in top_att.itertuples()],
+                             paper_label=[f"L{r.layer + 1}H{r.head + 1}" for r in top_att.itertuples()])
+    rep.heading("Negator-selective attention (`negator_attention.csv`)")
+    rep.paragraph(f"n = {len(aligned)} items. Top heads (label 0-indexed, paper_label 1-indexed):")
+    rep.table(top_att[["label", "paper_label", "mean_score", "n"]], floatfmt=".4f")
+    rep.paragraph(f"Layer with the highest mean over heads: {top_layer} (0-indexed); per-role table: `negator_attention_roles.csv`.")
     if de_summary is not None:
         top_de = de_summary[de_summary.kind == "head"]
         top_de = top_de.reindex(top_de.direct_effect.abs().sort_values(ascending=False).index).head(5)
-        lines += ["## Direct effects (`direct_effects.csv`)", "",
-                  f"n = {len(aligned)} items. Largest head direct effects on {quantity} (share of mean {quantity}): "
-                  + ", ".join(f"{r.component} {r.direct_effect:+.4f} ({r.share_of_mean_d:+.2%})" for r in top_de.itertuples()) + ".", ""]
-    lines += ["## Invariants checked", "", *[f"- {v}" for v in invariants], *[f"- {n}" for n in notes], "",
-              "## Figures", "", *[f"![{f}]({f})" for f in figures], ""]
-    from interp.runs import atomic_write_text
-
-    atomic_write_text(run.path / "report.md", "\n".join(lines))
+        rep.heading("Direct effects (`direct_effects.csv`)")
+        rep.paragraph(f"n = {len(aligned)} items. Largest head direct effects on {quantity} and their share of its mean:")
+        rep.table(top_de[["component", "direct_effect", "share_of_mean_d", "n"]], floatfmt=".4f")
+    rep.heading("Invariants checked").bullets([*invariants, *notes])
+    rep.heading("Figures")
+    for f in figures:
+        rep.image(f, f)
+    rep.write(run.path / "report.md")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
