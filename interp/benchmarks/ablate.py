@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from interp.ablation import Component, ablation_scores, all_heads, reference_means
-from interp.attention import pair_batches
+from interp.ablation import ablation_scores, all_heads, reference_means
+from interp.attention import batch_from_ids, pair_batches
 from interp.cli_common import add_model_args, load_model_from_args
 from interp.data.negation import align_pairs, load_existence_pairs
-from interp.scoring import normalize, score, text_target_directions
+from interp.scoring import score, text_target_directions
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     aligned, rejected = align_pairs(pairs, model.tokenizer)
     batch_n, batch_a = pair_batches(model, aligned)
     ids = [a.tokens_negated for a in aligned] + [a.tokens_affirmative for a in aligned]
-    from interp.attention import batch_from_ids
-
     batch = batch_from_ids(model, ids)
     with torch.no_grad():
         e_n, e_a = model(batch_n), model(batch_a)
