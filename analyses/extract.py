@@ -111,7 +111,7 @@ def extract_pairs(
     Images are read from ``images_dir`` (each unique file once) unless ``pixels`` holds the preprocessed
     unique images in order of first appearance in ``image_files``.
     """
-    from interp.loading import _resolve_default_tag, create_open_clip_model, hooked_from_open_clip, weights_fingerprint
+    from interp.loading import create_open_clip_model, hooked_from_open_clip, weights_fingerprint
     from probes.embeddings import encode_texts
 
     if len(image_files) != len(captions):
@@ -119,8 +119,7 @@ def extract_pairs(
     unique = list(dict.fromkeys(image_files))  # order of first appearance
     position = {name: i for i, name in enumerate(unique)}
     inverse = np.array([position[name] for name in image_files])
-    tag = None if str(pretrained).lower() == "none" else _resolve_default_tag(model_name, pretrained)
-    clip = create_open_clip_model(model_name, tag, device=device, dtype=dtype, seed=seed)
+    clip = create_open_clip_model(model_name, pretrained, device=device, dtype=dtype, seed=seed)
     if pixels is None:
         if images_dir is None:
             raise AnalysisInputError("pass images_dir (a folder holding the images) or pre-built pixels.")

@@ -38,7 +38,7 @@ DEFAULT_MODEL = "ViT-B-32-quickgelu"
 DEFAULT_PRETRAINED = "default"
 REFERENCE_TAG = "openai"
 TINY = "tiny"
-_RANDOM_TAGS = (None, "none", "None", "random")
+_RANDOM_TAGS = (None, "none", "None", "random")  # every spelling of "random init"
 
 # Other encoder families: name -> "module:function" taking (pretrained, device, dtype, seed);
 # imported only when asked for, so CLIP users never import their dependencies.
@@ -119,6 +119,9 @@ def create_open_clip_model(
 ) -> nn.Module:
     """The full open_clip model (text and image towers) in eval mode.
 
+    ``pretrained`` is a tag, a checkpoint file, None/"none" (random init) or "default" (see
+    :func:`resolve_pretrained`).
+
     Raises:
         UnknownModelError: unknown name or pretrained tag.
         WeightsUnavailableError: the tag's weights cannot be downloaded or found in the cache.
@@ -126,6 +129,7 @@ def create_open_clip_model(
     """
     open_clip = import_open_clip()
     torch.manual_seed(seed)  # random init is seeded, so "none" runs are reproducible
+    pretrained = resolve_pretrained(name, pretrained)
     path = Path(str(pretrained)) if not _is_random(pretrained) else None
     if name == TINY:
         if path is not None and not path.is_file():
@@ -258,7 +262,7 @@ def load_text_encoder(
         return _load_hf_clip(name, device, dtype, name)
     if not _is_random(pretrained) and _is_hf_clip_dir(Path(str(pretrained))):
         return _load_hf_clip(str(pretrained), device, dtype, f"{name} ({pretrained})")
-    pretrained = _resolve_default_tag(name, pretrained)
+    pretrained = resolve_pretrained(name, pretrained)
     model = create_open_clip_model(name, pretrained, device="cpu", seed=seed)
     tag = None if _is_random(pretrained) else str(pretrained)
     cfg, sd, log_scale = convert_open_clip_text(model, name, tag)
@@ -267,7 +271,11 @@ def load_text_encoder(
     return _build(cfg, sd, log_scale, device, dtype)
 
 
-def _resolve_default_tag(name: str, pretrained: Any) -> Any:
+def resolve_pretrained(name: str, pretrained: Any) -> Any:
+    """What ``pretrained`` means for open_clip model ``name``: None for random init ("none" too),
+    "openai" for "default" where open_clip has it (the reference checkpoint), else as given."""
+    if _is_random(pretrained):
+        return None
     if pretrained != DEFAULT_PRETRAINED:
         return pretrained
     if name == TINY:

@@ -147,11 +147,10 @@ def embed_image_files(model_name: str, pretrained: Any, folder: str, files: Sequ
     image tower of the open_clip model ``model_name`` with ``pretrained`` weights ("default", a tag, a
     file, or "none"), preprocessed exactly as open_clip does (:mod:`interp.images`)."""
     from interp.images import PreprocessConfig, check_image_files, load_image_batch
-    from interp.loading import _resolve_default_tag, create_open_clip_model
+    from interp.loading import create_open_clip_model
 
     paths = check_image_files(folder, list(files))
-    tag = None if str(pretrained).lower() == "none" else _resolve_default_tag(model_name, pretrained)
-    clip = create_open_clip_model(model_name, tag, device=device)
+    clip = create_open_clip_model(model_name, pretrained, device=device)
     config = PreprocessConfig.from_model(clip)
     chunks = []
     for start in tqdm(range(0, len(paths), batch_size), desc="images", leave=False):
