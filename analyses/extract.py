@@ -111,7 +111,7 @@ def extract_pairs(
     Images are read from ``images_dir`` (each unique file once) unless ``pixels`` holds the preprocessed
     unique images in order of first appearance in ``image_files``.
     """
-    from interp.loading import create_open_clip_model, hooked_from_open_clip, weights_fingerprint
+    from interp.loading import create_open_clip_model, hooked_from_open_clip, resolve_pretrained, weights_fingerprint
     from probes.embeddings import encode_texts
 
     if len(image_files) != len(captions):
@@ -120,6 +120,7 @@ def extract_pairs(
     position = {name: i for i, name in enumerate(unique)}
     inverse = np.array([position[name] for name in image_files])
     clip = create_open_clip_model(model_name, pretrained, device=device, dtype=dtype, seed=seed)
+    tag = resolve_pretrained(model_name, pretrained)
     if pixels is None:
         if images_dir is None:
             raise AnalysisInputError("pass images_dir (a folder holding the images) or pre-built pixels.")
