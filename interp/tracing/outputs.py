@@ -73,7 +73,7 @@ def exclusion_table(ctx: RunContext) -> pd.DataFrame:
 def write_outputs(run: RunDir, ctx: RunContext, figures: bool = True) -> list[Path]:
     """Write every table, figure and the report from the per-item table; returns the paths."""
     cells = run.items.read(order=ctx.item_ids)
-    cells["segment"] = cells["segment"].fillna("")
+    cells["segment"] = cells["segment"].astype(object).where(cells["segment"].notna(), "").astype(str)
     written = [write_csv(cells, run.path / "cells.csv")]
     items = cells.groupby("item_id", sort=False).first().reset_index()[
         ["item_id", "negation_side", "segment", "d", "length", "base", "source"]]
@@ -182,6 +182,13 @@ def _report(run, ctx, cells, items, by_side, inv, why_not, excluded, figures) ->
     if len(inv):
         rep.paragraph("Measured on every traced item (max |effect - expected| over the cells the invariant covers):")
         rep.table(inv, floatfmt=".3g")
+        skipped = []
+        if not cfg.causal:
+            skipped.append("SOT/there/is-are rows = 0: not checked, the encoder is bidirectional (later tokens reach the prefix)")
+        if cfg.pool not in POSITIONAL_POOLS:
+            skipped.append(f"(EOT, L) = 1 and other positions at L = 0: not checked, pool '{cfg.pool}' reads every position")
+        if skipped:
+            rep.bullets(skipped)
     else:
         rep.paragraph(why_not or "not checked")
     stats = ctx.stats
