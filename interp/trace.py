@@ -27,7 +27,7 @@ import torch
 from interp.cli_common import add_model_args, load_model_from_args, run_cli
 from interp.data.negation import ROLES, AlignedPair, align_pairs, load_existence_pairs
 from interp.errors import ClipInterpError
-from interp.loading import DEFAULT_PRETRAINED, REFERENCE_TAG, TINY, weights_fingerprint
+from interp.loading import weights_fingerprint
 from interp.runs import RunDir, default_run_dir
 from interp.scoring import SEGMENT_LABELS, image_target_directions, pairwise_d, score, segments
 from interp.tracing.engine import DEFAULT_BUDGET_MB, uses_fast_path
@@ -133,15 +133,6 @@ def _check_clip_like(model, target: Target, model_name: str) -> None:
         )
 
 
-def _resolved_pretrained(args: argparse.Namespace) -> str | None:
-    value = str(args.pretrained)
-    if value.lower() == "none":
-        return None
-    if value == DEFAULT_PRETRAINED:
-        return None if args.model == TINY else REFERENCE_TAG
-    return value
-
-
 def image_embeddings(args: argparse.Namespace, model, target: Target, files: list[str]) -> torch.Tensor:
     """Image embeddings ``[item, d_embed]`` from a folder (image tower, cached) or a precomputed file."""
     from interp.image_cache import embed_images, load_precomputed_embeddings
@@ -151,9 +142,9 @@ def image_embeddings(args: argparse.Namespace, model, target: Target, files: lis
         if args.image_embeddings:
             emb = load_precomputed_embeddings(args.image_embeddings, files)
         else:
-            from interp.loading import create_open_clip_model
+            from interp.loading import create_open_clip_model, resolve_pretrained
 
-            checkpoint = _resolved_pretrained(args)
+            checkpoint = resolve_pretrained(args.model, args.pretrained)
             full = create_open_clip_model(args.model, checkpoint, device=args.device, seed=args.seed)
             emb = embed_images(full, args.model, checkpoint, args.images, files, device=args.device,
                                progress=not args.no_progress)
