@@ -330,6 +330,11 @@ def permutation_test(
     return PermutationResult(float(observed), null, p_value)
 
 
+def _is_constant(x: np.ndarray) -> bool:
+    """Every row equal, up to float rounding relative to the values' scale."""
+    return bool(np.ptp(x, axis=0).max() <= 1e-12 * max(float(np.abs(x).max()), 1e-300))
+
+
 def _linear_side(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centred features and their centred row norms (enough for biased and debiased linear HSIC)."""
     xc = x - x.mean(axis=0)
@@ -388,18 +393,18 @@ def cka_matrix(
             raise AnalysisInputError(msg + "; drop that layer or pass constant_layers='nan'.")
         log.warning("%s; its CKA entries are NaN", msg)
 
-    def usable(selfs: list[float], name: str) -> list[bool]:
-        for i, v in enumerate(selfs):
-            if not v > 0:
-                constant(name, i)
-        return [v > 0 for v in selfs]
+    def usable(layers: list[np.ndarray], name: str) -> list[bool]:
+        ok = [not _is_constant(layer) for layer in layers]
+        for i in np.flatnonzero(~np.array(ok)):
+            constant(name, int(i))
+        return ok
 
     if kernel == "linear":
+        xok, yok = usable(xs, names[0]), usable(ys, names[1])
         xside = [_linear_side(x) for x in xs]
         yside = [_linear_side(y) for y in ys]
         xself = [_linear_hsic_centered(*s, *s, debiased) for s in xside]
         yself = [_linear_hsic_centered(*s, *s, debiased) for s in yside]
-        xok, yok = usable(xself, names[0]), usable(yself, names[1])
         for i in tqdm(range(len(xs)), desc="CKA matrix", leave=False, disable=len(xs) < 4):
             for j in range(len(ys)):
                 if xok[i] and yok[j]:
@@ -407,18 +412,13 @@ def cka_matrix(
         return out
     h = hsic_unbiased if debiased else hsic
 
-    def rbf_or_none(x: np.ndarray, name: str, i: int) -> np.ndarray | None:
-        if np.ptp(x, axis=0).max() > 0:
-            return rbf_gram(x)
-        constant(name, i)
-        return None
-
-    lgrams = [rbf_or_none(y, names[1], j) for j, y in enumerate(ys)]
+    xok, yok = usable(xs, names[0]), usable(ys, names[1])
+    lgrams = [rbf_gram(y) if ok else None for y, ok in zip(ys, yok)]
     lself = [None if l is None else h(l, l) for l in lgrams]
     for i in tqdm(range(len(xs)), desc="CKA matrix", leave=False, disable=len(xs) < 4):
-        k = rbf_or_none(xs[i], names[0], i)
-        if k is None:
+        if not xok[i]:
             continue
+        k = rbf_gram(xs[i])
         kself = h(k, k)
         for j, l in enumerate(lgrams):
             if l is not None:

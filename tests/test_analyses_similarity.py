@@ -211,3 +211,8 @@ def test_bad_input_errors_name_the_input():
             cka_matrix([x], [x, const], kernel=kernel)
         mat = cka_matrix([x, const], [x, const], kernel=kernel, constant_layers="nan")
         assert mat[0, 0] == pytest.approx(1.0) and np.isnan(mat[1]).all() and np.isnan(mat[:, 1]).all()
+    # equal up to float rounding (0.1 + 0.2 != 0.3) still counts as constant, not as a tiny real signal
+    rounded = np.array([[0.1 + 0.2, 1.0], [0.3, 1.0], [0.3, 1.0], [0.1 + 0.2, 1.0], [0.3, 1.0]])
+    assert np.ptp(rounded[:, 0]) > 0
+    with pytest.raises(AnalysisInputError, match="X layer 0 is constant"):
+        cka_matrix([rounded], [x])
