@@ -173,17 +173,19 @@ def test_the_tracing_engine_on_minilm_matches_a_plain_patching_loop(minilm, alig
     effect, *_ = effects(patched_scores(minilm, runs, spec), per_item)  # [item, layer, pos]
 
     s_n, s_a = score(e_n, direction), score(e_a, direction)
-    real = batch_a.attention_mask
+    real = batch_a.attention_mask  # [item, pos]
+    n_items, n_pos = batch_a.tokens.shape
+    rows = torch.arange(n_items).repeat(n_pos)  # row r = (position r // n_items, item r % n_items)
+    patch_pos = torch.arange(n_pos).repeat_interleave(n_items)
     with torch.no_grad():
-        for layer in range(spec.n_axis):
+        for layer in range(spec.n_axis):  # one forward per layer: every (position, item) cell as a row
             h_n = minilm(batch_n, stop_at_layer=layer)
-            h_a = minilm(batch_a, stop_at_layer=layer)
-            for pos in range(batch_a.tokens.shape[1]):
-                state = h_a.clone()
-                state[:, pos] = h_n[:, pos]
-                expected = cte(score(minilm(batch_a, start_at_layer=layer, residual=state), direction), s_a, s_n)
-                got = effect[:, layer, pos]
-                assert torch.allclose(got[real[:, pos]], expected[real[:, pos]], atol=1e-5), (layer, pos)
-                assert bool(torch.isnan(got[~real[:, pos]]).all()), "padded cells are NaN in the engine"
+            state = minilm(batch_a, stop_at_layer=layer)[rows].clone()
+            state[torch.arange(len(rows)), patch_pos] = h_n[rows, patch_pos]
+            patched = minilm(batch_a[rows], start_at_layer=layer, residual=state)
+            expected = cte(score(patched, direction[rows]), s_a[rows], s_n[rows]).view(n_pos, n_items).T
+            got = effect[:, layer]  # [item, pos]
+            assert torch.allclose(got[real], expected[real], atol=1e-5), layer
+            assert bool(torch.isnan(got[~real]).all()), "padded cells are NaN in the engine"
     last = effect[:, -1]
     assert bool((last[real].abs() > 0).all()), "mean pooling: every real position matters at the last layer"
