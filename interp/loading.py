@@ -8,7 +8,8 @@
       local directory holding one (as name, or as ``pretrained`` with an open_clip-free name);
   (d) ``pretrained=None`` (or ``"none"``): random init, seeded;
   (e) ``"tiny"``: a built-in small CLIP (text width 64, 2 layers, 4 heads; tiny image tower) for tests;
-  (f) registered extra encoders (see :data:`EXTRA_ENCODERS`, e.g. the offline MiniLM).
+  (f) registered extra encoders (see :data:`EXTRA_ENCODERS`, e.g. the offline MiniLM), and any
+      local BERT / sentence-transformers directory (``config.json`` with ``model_type: bert``).
 Nothing here guesses sizes from a name: they are read from the built model or checkpoint.
 """
 
@@ -170,7 +171,7 @@ def _create_pretrained(open_clip: Any, name: str, tag: str) -> nn.Module:
         ) from err
 
 
-def _is_hf_clip_dir(path: Path) -> bool:
+def _is_hf_directory(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
@@ -187,6 +188,12 @@ def _hf_clip_class(transformers: Any, path: Path) -> Any:
             f"{path} holds a {architectures[0]}, not a Hugging Face CLIP ({', '.join(_HF_CLIP_CLASSES)})"
         )
     return getattr(transformers, architectures[0])
+
+
+def _hf_model_type(path: Path) -> str | None:
+    import json
+
+    return json.loads((path / "config.json").read_text()).get("model_type")
 
 
 def _load_hf_clip(source: Any, device: Any, dtype: torch.dtype, label: str) -> HookedTextEncoder:
@@ -258,9 +265,13 @@ def load_text_encoder(
         module_name, _, function = EXTRA_ENCODERS[name].partition(":")
         loader = getattr(importlib.import_module(module_name), function)
         return loader(pretrained=tag, device=device, dtype=dtype, seed=seed)
-    if _is_hf_clip_dir(Path(name)):
+    if _is_hf_directory(Path(name)):
+        if _hf_model_type(Path(name)) == "bert":  # a BERT / sentence-transformers directory
+            from interp.bert import load_bert_directory
+
+            return load_bert_directory(name, device, dtype)
         return _load_hf_clip(name, device, dtype, name)
-    if not _is_random(pretrained) and _is_hf_clip_dir(Path(str(pretrained))):
+    if not _is_random(pretrained) and _is_hf_directory(Path(str(pretrained))):
         return _load_hf_clip(str(pretrained), device, dtype, f"{name} ({pretrained})")
     pretrained = resolve_pretrained(name, pretrained)
     model = create_open_clip_model(name, pretrained, device="cpu", seed=seed)
