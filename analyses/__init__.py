@@ -17,7 +17,8 @@ Pure numpy/scipy/torch maths over any two paired embedding matrices (row i of X 
 """
 
 # Names resolve lazily (PEP 562), so ``python -m analyses.alignment`` does not import its own module twice
-# and importing the package stays cheap.
+# and importing the package stays cheap. (The Sinkhorn solver is ``analyses.sinkhorn.sinkhorn``: a
+# package attribute of that name would be shadowed by the submodule.)
 _EXPORTS = {
     "AssignmentMapConfig": "analyses.assignment_map",
     "LinearCKAAccumulator": "analyses.similarity",
@@ -36,7 +37,6 @@ _EXPORTS = {
     "precision_at_k": "analyses.alignment",
     "rbf_cka": "analyses.similarity",
     "seeded_qap": "analyses.matching",
-    "sinkhorn": "analyses.sinkhorn",
 }
 
 __all__ = sorted(_EXPORTS)

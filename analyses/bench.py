@@ -3,7 +3,8 @@
 Times, on synthetic paired data (a noisy rotated copy): linear / debiased linear / RBF / debiased RBF
 CKA on ``--pairs`` pairs, a permutation baseline, streaming linear CKA on ``--stream-pairs`` x
 ``--stream-dim``, and the matching protocol's seeded QAP (``--n-base`` + ``--n-query``, ``--restarts``
-FAQ restarts) and local CKA. Prints one line per timing and writes a CSV when ``--csv`` is given.
+FAQ restarts) and local CKA, and (``--tasks maps``) the three linear maps of :func:`compare_maps` on
+``--map-pairs`` x ``--map-dim``. Prints one line per timing and writes a CSV when ``--csv`` is given.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 import torch
 from scipy.stats import ortho_group
 
+from analyses.assignment_map import AssignmentMapConfig, compare_maps
 from analyses.matching import hungarian_accuracy, local_cka_scores, seeded_qap
 from analyses.similarity import LinearCKAAccumulator, linear_cka, permutation_test, rbf_cka
 
@@ -41,6 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--restarts", type=int, default=50)
     p.add_argument("--match-dim", type=int, default=64)
     p.add_argument("--noise", type=float, default=1.0)
+    p.add_argument("--map-pairs", type=int, default=20000)
+    p.add_argument("--map-dim", type=int, default=512)
+    p.add_argument("--map-prototypes", type=int, default=None, help="default: the config's rule")
+    p.add_argument("--map-batch", type=int, default=AssignmentMapConfig.batch_size)
+    p.add_argument("--map-temperature", type=float, default=AssignmentMapConfig.temperature)
+    p.add_argument("--tasks", default="cka,matching", help="comma list from cka,matching,maps (default cka,matching)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--csv", help="also write the timings here")
     args = p.parse_args(argv)
@@ -51,6 +59,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append({"task": task, "seconds": round(seconds, 3), "value": value})
         print(f"{task:<58s} {seconds:8.2f} s" + ("" if value is None else f"   value {value:.4f}"), flush=True)  # noqa: T201
 
+    tasks = {t.strip() for t in args.tasks.split(",")}
+    if "cka" in tasks:
+        _bench_cka(args, rng, record)
+    if "matching" in tasks:
+        _bench_matching(args, rng, record)
+    if "maps" in tasks:
+        x = rng.normal(size=(args.map_pairs, args.map_dim))
+        y = x @ ortho_group.rvs(args.map_dim, random_state=args.seed) + rng.normal(size=(args.map_pairs, args.map_dim))
+        cfg = AssignmentMapConfig(max_prototypes=args.map_prototypes, batch_size=args.map_batch,
+                                  temperature=args.map_temperature, seed=args.seed)
+        seconds, table = _timed(lambda: compare_maps(x, y, seed=args.seed, config=cfg))
+        for row in table.itertuples():
+            record(f"{row.map} map, {args.map_pairs} x {args.map_dim} (held-out top-1)", seconds, row.top1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "  # noqa: T201
+          f"torch threads {torch.get_num_threads()}, 1-min load average {load:.1f}")
+    if args.csv:
+        pd.DataFrame(rows).to_csv(args.csv, index=False)
+    return 0
+
+
+def _bench_cka(args: argparse.Namespace, rng: np.random.Generator, record: Callable) -> None:
     x = rng.normal(size=(args.pairs, args.dim))
     y = x @ ortho_group.rvs(args.dim, random_state=args.seed) + 2.0 * rng.normal(size=(args.pairs, args.dim))
     for name, fn in [
@@ -76,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds, value = _timed(stream)
     record(f"streaming linear CKA, {args.stream_pairs} x {args.stream_dim} (chunks of 5000)", seconds, float(value))
 
+
+def _bench_matching(args: argparse.Namespace, rng: np.random.Generator, record: Callable) -> None:
     n = args.n_base + args.n_query
     xm = rng.normal(size=(n, args.match_dim))
     ym = xm @ ortho_group.rvs(args.match_dim, random_state=args.seed) + args.noise * rng.normal(size=(n, args.match_dim))
@@ -85,12 +117,6 @@ def main(argv: Sequence[str] | None = None) -> int:
            res.accuracy)
     seconds, acc = _timed(lambda: hungarian_accuracy(local_cka_scores(xm[base], xm[query], ym[base], ym[query])))
     record(f"local CKA + Hungarian, {args.n_base} base + {args.n_query} queries (accuracy)", seconds, acc)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "  # noqa: T201
-          f"torch threads {torch.get_num_threads()}, 1-min load average {load:.1f}")
-    if args.csv:
-        pd.DataFrame(rows).to_csv(args.csv, index=False)
-    return 0
 
 
 if __name__ == "__main__":

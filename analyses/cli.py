@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     a.add_argument("--csls-k", type=int, default=CSLS_K, help=f"CSLS neighbourhood (default {CSLS_K})")
     a.add_argument("--map-epochs", type=int, default=AssignmentMapConfig.epochs)
+    a.add_argument("--map-min-steps", type=int, default=AssignmentMapConfig.min_steps,
+                   help="extra epochs until this many optimizer steps (default %(default)s)")
     a.add_argument("--map-temperature", type=float, default=AssignmentMapConfig.temperature)
     p.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     return p
@@ -80,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_base=args.n_base, n_query=args.n_query, match_seeds=_int_list(args.match_seeds, "--match-seeds"),
         qap_restarts=args.qap_restarts, stretching=args.stretching, base_selection=args.base_selection,
         match_kernel=args.match_kernel, folds=args.folds, csls_k=args.csls_k,
-        map_config=AssignmentMapConfig(epochs=args.map_epochs, temperature=args.map_temperature, seed=args.seed),
+        map_config=AssignmentMapConfig(epochs=args.map_epochs, min_steps=args.map_min_steps,
+                                       temperature=args.map_temperature, seed=args.seed),
     )
     out = write_report(x, y, args.out, opts, sources=sources, args=vars(args), overwrite=args.overwrite)
     log.info("wrote %s", out)

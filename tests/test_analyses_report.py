@@ -20,7 +20,7 @@ from analyses.synthetic import synthetic_pair
 from analyses.validation import AnalysisInputError
 
 SMALL = ["--n-base", "40", "--n-query", "60", "--match-seeds", "0", "--qap-restarts", "2", "--permutations", "10",
-         "--folds", "3", "--map-epochs", "3", "--csls-k", "10"]
+         "--folds", "3", "--map-epochs", "3", "--map-min-steps", "0", "--csls-k", "10"]
 
 
 def test_npz_round_trip_and_pairing_errors(tmp_path):
@@ -137,7 +137,7 @@ def test_extract_cli_then_report_on_tiny_model(tmp_path):
     out = tmp_path / "rep"
     assert cli_main(["--x", str(tmp_path / "emb/image.npz"), "--y", str(tmp_path / "emb/text.npz"), "--out", str(out),
                      "--n-base", "8", "--n-query", "10", "--match-seeds", "0", "--qap-restarts", "2",
-                     "--permutations", "5", "--folds", "3", "--map-epochs", "2", "--csls-k", "5"]) == 0
+                     "--permutations", "5", "--folds", "3", "--map-epochs", "2", "--map-min-steps", "0", "--csls-k", "5"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["inputs"]["x"]["meta"]["model"] == "tiny" and "random init" in config["inputs"]["x"]["description"]
     assert pd.read_csv(out / "cka_layers.csv").shape[0] == 6  # 2 image blocks x 3 text states
