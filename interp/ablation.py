@@ -307,7 +307,7 @@ def ablation_scores(
     positions: Bool[Tensor, "sentence pos"] | None = None,
     site: str = "z",
     sentence_batch: int = 64,
-    max_rows: int = 512,
+    max_rows: int = 64,
     progress: bool = True,
 ) -> AblationScores:
     """Score every sentence with each component ablated, batched (see the module docstring).
