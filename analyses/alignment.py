@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 Retrieval = Literal["cosine", "csls"]
 PRECISION_KS: tuple[int, ...] = (1, 5, 10, 30, 50, 100)
 CSLS_K = 100
-_CHUNK = 1024  # query rows scored at once: chunk x vocabulary float64 scores
+_CHUNK = 256  # query rows scored at once: 256 x vocabulary float64 scores (100 MB at 50k targets)
 
 
 def pca_reduce(x: Float[np.ndarray, "n d"], n_components: int) -> Float[np.ndarray, "n k"]:

@@ -126,3 +126,17 @@ def test_bad_input():
         kfold_alignment(x, x, np.arange(5))
     with pytest.raises(AnalysisInputError, match="cannot keep 4 principal"):
         pca_reduce(x, 4)
+
+
+def test_chunked_scoring_equals_one_chunk(monkeypatch):
+    import analyses.alignment as alignment
+
+    rng = np.random.default_rng(4)
+    q, t = rng.normal(size=(50, 6)), rng.normal(size=(90, 6))
+    gold = [[i, (i * 7) % 90] for i in range(50)]
+    whole = {r: gold_ranks(q, t, gold, retrieval=r, csls_k=5) for r in ("cosine", "csls")}
+    whole_csls = csls_scores(q, t, k=5)
+    monkeypatch.setattr(alignment, "_CHUNK", 7)
+    for r in ("cosine", "csls"):
+        np.testing.assert_array_equal(gold_ranks(q, t, gold, retrieval=r, csls_k=5), whole[r])
+    np.testing.assert_allclose(csls_scores(q, t, k=5), whole_csls, atol=1e-12)
