@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -182,8 +183,12 @@ def patched_scores(
     use_fast = uses_fast_path(model) if fast is None else fast
     if use_fast and not uses_fast_path(model):
         raise ValueError("the causal fast path needs a causal, pre-LN encoder pooled at one position")
-    base = clean_run(model, batch, runs.base_x0.to(device), runs.direction.to(device), spec, with_kv=use_fast)
-    source = clean_run(model, batch, runs.source_x0.to(device), runs.direction.to(device), spec)
+    direction = runs.direction.to(device)
+    if use_fast and spec.kind == "resid":
+        base, source = clean_runs_fast(model, batch, runs.base_x0.to(device), runs.source_x0.to(device), direction)
+    else:
+        base = clean_run(model, batch, runs.base_x0.to(device), direction, spec, with_kv=use_fast)
+        source = clean_run(model, batch, runs.source_x0.to(device), direction, spec)
     base_equal, source_equal, to_run = classify_cells(model, spec, batch, base, source)
     n_runs, n_pos = batch.tokens.shape
     patched = torch.full((n_runs, spec.n_axis, n_pos), float("nan"), device=device, dtype=base.scores.dtype)
@@ -308,45 +313,113 @@ def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, p
             hidden = torch.cat([hidden, base.resid[j, row_run[new], row_pos[new]]])
         rows_cell, rows_pos, rows_run = row_cell[:n_rows], row_pos[:n_rows], row_run[:n_rows]
         in_win = (lo[rows_cell] <= j) & (j < hi[rows_cell]) & is_patch_row[:n_rows]
-        if spec.kind == "resid" and bool(in_win.any()):
-            hidden = hidden.clone()
+        if spec.kind == "resid" and bool(in_win.any()):  # hidden is this sweep's own tensor: edit in place
             hidden[in_win] = source.resid[j, rows_run[in_win], rows_pos[in_win]]
         last = j == n_layers - 1
         query_rows = (rows_pos == pool[rows_cell]).nonzero().squeeze(-1) if last else None
-        hidden = _block(model, spec, j, hidden, rows_cell, rows_pos, run[:n_cells], pool[:n_cells],
-                        base, source, in_win, query_rows)
+        hidden, _, _ = _block(model, spec.kind, j, hidden, rows_cell, rows_pos, base.keys[j, run[:n_cells]],
+                              base.values[j, run[:n_cells]], run[:n_cells], pool[:n_cells], source, in_win, query_rows)
     # hidden now holds one row per cell: the pooled position after the last block
     if spec.kind == "resid":
         at_end = (lo <= n_layers) & (n_layers < hi)  # pooled position patched at state L
         patch_end = at_end & (pos == pool)
         if bool(patch_end.any()):
-            hidden = hidden.clone()
             hidden[patch_end] = source.resid[n_layers, run[patch_end], pool[patch_end]]
-    dummy = TokenBatch(
-        tokens=torch.zeros(len(run), 1, dtype=torch.long, device=device),
-        attention_mask=torch.ones(len(run), 1, dtype=torch.bool, device=device),
-        pool_index=torch.zeros(len(run), dtype=torch.long, device=device),
-        token_type_ids=torch.zeros(len(run), 1, dtype=torch.long, device=device),
-        texts=[""] * len(run),
+    return _pooled_scores(model, hidden, direction[run])
+
+
+def _pooled_scores(model, pooled: Float[Tensor, "row d_model"], direction: Float[Tensor, "row d_embed"]) -> Tensor:
+    """Scores of final residual rows taken at the pooled position (ln_final, projection, score)."""
+    n, device = pooled.shape[0], pooled.device
+    one_position = TokenBatch(
+        tokens=torch.zeros(n, 1, dtype=torch.long, device=device),
+        attention_mask=torch.ones(n, 1, dtype=torch.bool, device=device),
+        pool_index=torch.zeros(n, dtype=torch.long, device=device),
+        token_type_ids=torch.zeros(n, 1, dtype=torch.long, device=device),
+        texts=[""] * n,
     )
-    embedding = model.pool_and_project(hidden.unsqueeze(1), dummy)
-    return score(embedding, direction[run])
+    return score(model.pool_and_project(pooled.unsqueeze(1), one_position), direction)
 
 
-def _block(model, spec, j, hidden, row_cell, row_pos, cell_run, cell_pool, base, source, in_win, query_rows):
-    """Block j (pre-LN) on packed rows; prefix keys/values come from the clean base run.
+def _packed_rows(first: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows (cell, position) for positions first[c]..last[c] of every cell, packed in cell order."""
+    counts = (last - first + 1).clamp(min=0)
+    offsets = torch.cumsum(counts, 0) - counts
+    row_cell = torch.repeat_interleave(torch.arange(len(first), device=first.device), counts)
+    row_pos = first[row_cell] + torch.arange(len(row_cell), device=first.device) - offsets[row_cell]
+    return row_cell, row_pos
 
-    Returns the new rows (all rows, or only ``query_rows`` at the last block).
+
+@torch.no_grad()
+def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor,
+                    direction: Tensor) -> tuple[CleanRun, CleanRun]:
+    """Clean base and source runs with the fast path's packed blocks (residual kind).
+
+    The base run computes every real position up to the pooled one. The source run shares the
+    base's prefix up to the first position where the two layer-0 inputs differ (by causality those
+    states are the base's, copied exactly) and computes only the positions from there on.
+    """
+    cfg = model.cfg
+    n_layers, device = cfg.n_layers, base_x0.device
+    n_runs, n_pos = batch.tokens.shape
+    n_heads, d_head = cfg.n_heads, cfg.d_head
+    pool = pool_positions(model, batch)
+    runs = torch.arange(n_runs, device=device)
+    no_window = torch.zeros(0, dtype=torch.bool, device=device)
+
+    def sweep(x0, first, prefix_k, prefix_v, resid, keys, values):
+        row_cell, row_pos = _packed_rows(first, pool)
+        hidden = x0[row_cell, row_pos]
+        for j in range(n_layers):
+            resid[j, row_cell, row_pos] = hidden
+            in_win = no_window.new_zeros(len(row_cell))
+            hidden, k, v = _block(model, "resid", j, hidden, row_cell, row_pos, prefix_k(j), prefix_v(j), runs, pool,
+                                  None, in_win, None)
+            if keys is not None:
+                keys[j, row_cell, row_pos] = k
+                values[j, row_cell, row_pos] = v
+        resid[n_layers, row_cell, row_pos] = hidden
+        return row_cell, row_pos, hidden
+
+    shape = (n_layers, n_runs, n_pos, n_heads, d_head)
+    keys = torch.zeros(shape, device=device, dtype=base_x0.dtype)
+    values = torch.zeros(shape, device=device, dtype=base_x0.dtype)
+    resid_b = torch.zeros(n_layers + 1, n_runs, n_pos, cfg.d_model, device=device, dtype=base_x0.dtype)
+    empty = lambda j: torch.zeros(n_runs, n_pos, n_heads, d_head, device=device, dtype=base_x0.dtype)  # noqa: E731
+    row_cell, row_pos, hidden = sweep(base_x0, torch.zeros_like(pool), empty, empty, resid_b, keys, values)
+    base_scores = _pooled_scores(model, hidden[row_pos == pool[row_cell]], direction)
+
+    real = batch.attention_mask.to(device)
+    differs = (base_x0 != source_x0).any(-1) & real
+    first = torch.where(differs.any(-1), differs.int().argmax(-1), pool + 1)
+    resid_s = resid_b.clone()
+    row_cell, row_pos, hidden = sweep(source_x0, first, lambda j: keys[j].clone(), lambda j: values[j].clone(),
+                                      resid_s, None, None)
+    at_pool = row_pos == pool[row_cell]
+    source_scores = base_scores.clone()
+    source_scores[row_cell[at_pool]] = _pooled_scores(model, hidden[at_pool], direction[row_cell[at_pool]])
+    base = CleanRun(states=resid_b, resid=resid_b, keys=keys, values=values, scores=base_scores)
+    source = CleanRun(states=resid_s, resid=resid_s, keys=None, values=None, scores=source_scores)
+    return base, source
+
+
+def _block(model, kind, j, hidden, row_cell, row_pos, prefix_keys, prefix_values, cell_run, cell_pool, source,
+           in_win, query_rows):
+    """Block j (pre-LN) on packed rows. ``prefix_keys/values`` ``[cell, pos, head, d_head]`` hold the
+    keys/values of the positions before each cell's rows (from the clean base run); the rows' own
+    keys/values are written over them.
+
+    Returns (new rows: all, or only ``query_rows`` at the last block; the rows' keys; values).
     """
     block = model.blocks[j]
     attn = block.attn
-    n_cells, n_pos = len(cell_run), base.keys.shape[2]
+    n_cells, n_pos = prefix_keys.shape[0], prefix_keys.shape[1]
     n_heads, d_head = attn.W_Q.shape[0], attn.W_Q.shape[2]
-    normed = block.ln1(hidden)
-    k = torch.einsum("rd,hde->rhe", normed, attn.W_K) + attn.b_K
-    v = torch.einsum("rd,hde->rhe", normed, attn.W_V) + attn.b_V
-    keys = base.keys[j, cell_run].clone()  # [cell, pos, head, d_head]: unchanged prefix from the clean run
-    values = base.values[j, cell_run].clone()
+    normed = _layer_norm(block.ln1, hidden)
+    # keys and values of all rows in one matmul: [d_model, 2 * head * d_head]
+    kv = torch.addmm(_flat_bias(attn.b_K, attn.b_V), normed, _flat_weight(attn.W_K, attn.W_V))
+    k, v = kv.view(-1, 2, n_heads, d_head).unbind(1)
+    keys, values = prefix_keys, prefix_values  # gathered copies: safe to write into
     keys[row_cell, row_pos] = k
     values[row_cell, row_pos] = v
     positions = torch.arange(n_pos, device=hidden.device)
@@ -358,7 +431,7 @@ def _block(model, spec, j, hidden, row_cell, row_pos, cell_run, cell_pool, base,
         q_rows = query_rows
         q_cell, q_slot = row_cell[query_rows], torch.zeros_like(query_rows)
         query_pos = cell_pool.unsqueeze(1)
-    q = torch.einsum("rd,hde->rhe", normed[q_rows], attn.W_Q) + attn.b_Q
+    q = torch.addmm(_flat_bias(attn.b_Q), normed[q_rows], _flat_weight(attn.W_Q)).view(-1, n_heads, d_head)
     queries = torch.zeros(n_cells, query_pos.shape[1], n_heads, d_head, device=hidden.device, dtype=hidden.dtype)
     queries[q_cell, q_slot] = q
     scores = torch.einsum("cqhe,ckhe->chqk", queries, keys) / math.sqrt(d_head)
@@ -366,15 +439,33 @@ def _block(model, spec, j, hidden, row_cell, row_pos, cell_run, cell_pool, base,
     scores = scores.masked_fill(~allowed[:, None], float("-inf"))
     pattern = torch.softmax(scores, dim=-1)
     z = torch.einsum("chqk,ckhe->cqhe", pattern, values)[q_cell, q_slot]  # [row, head, d_head]
-    attn_out = z.flatten(1) @ attn.W_O.flatten(0, 1) + attn.b_O
+    attn_out = torch.addmm(attn.b_O, z.flatten(1), attn.W_O.flatten(0, 1))
     win = in_win[q_rows]
-    if spec.kind == "attn" and bool(win.any()):
+    if kind == "attn" and bool(win.any()):
         attn_out[win] = _sub_rows(source, j, row_cell, row_pos, cell_run, q_rows, win)
     mid = hidden[q_rows] + attn_out
-    mlp_out = block.mlp(block.ln2(mid))
-    if spec.kind == "mlp" and bool(win.any()):
+    mlp = block.mlp
+    hidden_mlp = mlp.act(torch.addmm(mlp.b_in, _layer_norm(block.ln2, mid), mlp.W_in))
+    mlp_out = torch.addmm(mlp.b_out, hidden_mlp, mlp.W_out)
+    if kind == "mlp" and bool(win.any()):
         mlp_out[win] = _sub_rows(source, j, row_cell, row_pos, cell_run, q_rows, win)
-    return mid + mlp_out
+    return mid + mlp_out, k, v
+
+
+def _layer_norm(ln, x: Tensor) -> Tensor:
+    """The block's LayerNorm as one fused kernel (fp32/fp64; half precision keeps the module's fp32 path)."""
+    if x.dtype in (torch.float32, torch.float64):
+        return F.layer_norm(x, (x.shape[-1],), ln.w, ln.b, ln.eps)
+    return ln(x)
+
+
+def _flat_weight(*weights: Tensor) -> Tensor:
+    """``[head, d_model, d_head]`` weights side by side as one ``[d_model, n * head * d_head]`` matrix."""
+    return torch.cat([w.permute(1, 0, 2).flatten(1) for w in weights], dim=1)
+
+
+def _flat_bias(*biases: Tensor) -> Tensor:
+    return torch.cat([b.flatten() for b in biases])
 
 
 def _sub_rows(source, j, row_cell, row_pos, cell_run, q_rows, win) -> Tensor:
