@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--map-prototypes", type=int, default=None, help="default: the config's rule")
     p.add_argument("--map-batch", type=int, default=AssignmentMapConfig.batch_size)
     p.add_argument("--map-temperature", type=float, default=AssignmentMapConfig.temperature)
+    p.add_argument("--map-min-steps", type=int, default=AssignmentMapConfig.min_steps)
     p.add_argument("--tasks", default="cka,matching", help="comma list from cka,matching,maps (default cka,matching)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--csv", help="also write the timings here")
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         x = rng.normal(size=(args.map_pairs, args.map_dim))
         y = x @ ortho_group.rvs(args.map_dim, random_state=args.seed) + rng.normal(size=(args.map_pairs, args.map_dim))
         cfg = AssignmentMapConfig(max_prototypes=args.map_prototypes, batch_size=args.map_batch,
-                                  temperature=args.map_temperature, seed=args.seed)
+                                  temperature=args.map_temperature, min_steps=args.map_min_steps, seed=args.seed)
         seconds, table = _timed(lambda: compare_maps(x, y, seed=args.seed, config=cfg))
         for row in table.itertuples():
             record(f"{row.map} map, {args.map_pairs} x {args.map_dim} (held-out top-1)", seconds, row.top1)
