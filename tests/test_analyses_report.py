@@ -14,7 +14,7 @@ from analyses.cli import main as cli_main
 from analyses.cli import run as cli_run
 from analyses.extract import extract_pairs, image_tower_layers, main as extract_main, read_captions
 from analyses.io import EmbeddingSet, load_embeddings, save_embeddings
-from analyses.report import ReportOptions, _pairs_from_groups, write_report
+from analyses.report import _pairs_from_groups
 from analyses.similarity import linear_cka
 from analyses.synthetic import synthetic_pair
 from analyses.validation import AnalysisInputError
