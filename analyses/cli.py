@@ -1,7 +1,7 @@
 """``python -m analyses.alignment``: the representation-similarity report for two paired embedding files.
 
     python -m analyses.alignment --x image.npz --y text.npz --out results/sim
-    python -m analyses.alignment --synthetic 600 --out results/sim-synthetic
+    python -m analyses.alignment --synthetic 1000 --out results/sim-synthetic
 
 Inputs are the .npz format of :mod:`analyses.io`; the output directory is described in
 :mod:`analyses.report`. Bad input ends the run with one line naming the input and the fix (exit 2).
