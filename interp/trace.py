@@ -196,8 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         d_all = clean_d(model, aligned, dirs_all)
         seg_all = segments(d_all)
         directions = fixed_directions(dirs_all)
-        target.settings = {"image_source": target.source,
-                           "image_embeddings_sha256": _tensor_digest(emb)}
+        target.settings = {"image_embeddings_sha256": _tensor_digest(emb)}  # the folder/file path is info only
     else:
         directions = text_directions(model)
 
@@ -227,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "direction": args.direction, "kind": args.kind, "window": args.window, **noise_info,
     }
     info = {"argv": list(sys.argv[1:] if argv is None else argv), "device": args.device, "limit": args.limit,
+            "image_source": target.source,
             "chunk_items": args.chunk_items, "budget_mb": args.budget_mb, "threads": torch.get_num_threads(),
             "fast_path": uses_fast_path(model)}
     out = Path(args.out) if args.out else default_run_dir(TOOL, args.model, args.name)

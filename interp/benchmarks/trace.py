@@ -65,7 +65,7 @@ def loop_flops(cfg, items: Sequence[AlignedPair], n_states: int) -> float:
 
 
 def engine_flops(model, items: Sequence[AlignedPair]) -> float:
-    """FLOPs the engine's fast path executes: 2 clean runs, then per computed cell its rows."""
+    """FLOPs the engine's fast path executes (clean runs counted as two full runs: an upper bound)."""
     cfg = model.cfg
     f_row, f_kv = _row_flops(cfg), 2.0 * 2 * cfg.d_model**2
     total = 0.0
