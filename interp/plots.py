@@ -91,3 +91,32 @@ def heads_heatmap(
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def layer_bars(
+    frame: pd.DataFrame,
+    path: str | os.PathLike,
+    title: str,
+    *,
+    x: str = "layer",
+    y: str = "effect",
+    hue: str | None = None,
+    xlabel: str = "layer (0-indexed)",
+) -> Path:
+    """Bars of ``y`` per ``x`` (e.g. per layer), one colour per ``hue`` value, with a zero line."""
+    plt, sns = _pyplot()
+    order = [str(v) for v in sorted(frame[x].unique())]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(order) + 2.5), 3.5))
+    sns.barplot(data=frame.assign(**{x: frame[x].astype(str)}), x=x, y=y, hue=hue, order=order, ax=ax)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+# Public names for callers drawing their own figures with the same backend and atomic save.
+pyplot_and_seaborn = _pyplot
+save_figure = _save
