@@ -95,11 +95,9 @@ def _image_embeddings(args, model, aligned) -> torch.Tensor:
 
         return load_precomputed_embeddings(args.image_embeddings, files)
     from interp.image_cache import embed_images
-    from interp.loading import create_open_clip_model
+    from interp.loading import create_open_clip_model, resolve_pretrained
 
-    pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
-    if pretrained == "default":
-        pretrained = model.cfg.pretrained
+    pretrained = resolve_pretrained(args.model, args.pretrained)
     full = create_open_clip_model(args.model, pretrained, device=args.device, seed=args.seed)
     return embed_images(full, args.model, pretrained, args.images, files, device=args.device)
 
@@ -236,23 +234,6 @@ def _heatmap(table: pd.DataFrame, value: str, title: str, path: Path) -> None:
     heads_heatmap(grid, path, title.replace("; ", "\n", 1), annotate=grid.size <= 144)
 
 
-def _bars(frame: pd.DataFrame, path: Path, title: str) -> None:
-    """Per-layer bars of the summed effect, one hue per component kind (not in interp.plots yet)."""
-    from interp.plots import _pyplot, _save
-
-    plt, sns = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    sns.barplot(data=frame.assign(layer=frame["layer"].astype(str)), x="layer", y="effect", hue="kind", ax=ax,
-                order=[str(v) for v in sorted(frame["layer"].unique())])
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("layer (0-indexed)")
-    try:
-        _save(fig, path)
-    finally:
-        plt.close(fig)
-
-
 def _top(frame: pd.DataFrame, column: str, k: int = 5) -> str:
     top = frame.reindex(frame[column].abs().sort_values(ascending=False).index).head(k)
     return ", ".join(f"{r.component} ({r.role}) {getattr(r, column):+.4f}" for r in top.itertuples())
@@ -308,7 +289,10 @@ def write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loa
     figures.append("negator_attention.png")
     blocks = summary[(summary.role == "all") & (summary.group == "all")]
     per_layer = blocks.groupby(["layer", "kind"], as_index=False)["effect"].sum()
-    _bars(per_layer, run.path / "per_layer.png", f"per-layer change in {quantity} ({args.method}; heads summed); 0-indexed")
+    from interp.plots import layer_bars
+
+    layer_bars(per_layer, run.path / "per_layer.png", f"per-layer change in {quantity} ({args.method}; heads summed); 0-indexed",
+               hue="kind")
     figures.append("per_layer.png")
     if de_summary is not None:
         de_heads = de_summary[de_summary.kind == "head"]
