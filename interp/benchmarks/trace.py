@@ -15,7 +15,8 @@ run on a fixed subset (items evenly spread over the length-sorted list) and the 
 are extrapolated from their per-cell rate; the output says so. ``--slow-items all`` runs them on
 everything. Ratios are also given side by side on the subset. Achieved GFLOP/s counts the dense
 matmul FLOPs each method executes, against this machine's float32 matmul rate measured in the
-same run.
+same run. Times are given as wall time and as this process's CPU time: on a shared machine other
+jobs stretch wall time, while CPU time (with ``--threads 1``) counts only the work done.
 """
 
 from __future__ import annotations
@@ -79,6 +80,17 @@ def engine_flops(model, items: Sequence[AlignedPair]) -> float:
     return total
 
 
+class _Clock:
+    """Wall time and this process's CPU time (all threads): on a shared machine other jobs stretch
+    wall time, while CPU time counts only the work done."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
 def _subset(items: Sequence[AlignedPair], k: int) -> list[AlignedPair]:
     order = sorted(items, key=lambda a: a.length)
     if k >= len(order):
@@ -92,18 +104,18 @@ def _time_engine(model, items, chunk_items, budget_mb):
     directions = text_directions(model)
     with tempfile.TemporaryDirectory() as tmp:
         table = ItemTable(tmp)
-        start = time.perf_counter()
+        clock = _Clock()
         stats = run_sweep(model, items, lambda c, i: directions(c, i), table, TraceSpec(model.cfg.n_layers),
                           chunk_items=chunk_items, budget_mb=budget_mb, progress=False)
-        return time.perf_counter() - start, stats
+        return clock.stop(), stats
 
 
 @torch.no_grad()
 def _time_reference(model, items):
     runs, _ = build_runs(model, items, text_directions(model)(items, range(len(items))))
-    start = time.perf_counter()
+    clock = _Clock()
     result = reference_patched_scores(model, runs, TraceSpec(model.cfg.n_layers))
-    return time.perf_counter() - start, result, runs
+    return clock.stop(), result, runs
 
 
 @torch.no_grad()
@@ -115,14 +127,14 @@ def _time_transformer_lens(model, items):
     patching.tqdm = lambda iterable, *a, **k: iterable  # silence TL's per-call progress bar
     directions = text_directions(model)(items, range(len(items)))
     outputs = []
-    start = time.perf_counter()
+    clock = _Clock()
     for k, item in enumerate(items):
         clean = torch.tensor([item.tokens_negated], device=model.device)
         corrupted = torch.tensor([item.tokens_affirmative], device=model.device)
         _, cache = model.run_with_cache(clean)
         direction = directions[k:k + 1]
         outputs.append(patching.get_act_patch_resid_pre(model, corrupted, cache, lambda e: score(e, direction).sum()))
-    return time.perf_counter() - start, outputs
+    return clock.stop(), outputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,8 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                   for k, a in enumerate(slow))
 
     extrapolated = args.slow_items != "all" and len(slow) < len(items)
-    ref_full = ref_s / sub_cells * n_cells if extrapolated else ref_s
-    tl_full = tl_s / sub_cells_tl * n_cells_tl if extrapolated else tl_s
     load = os.getloadavg()
     lines = [
         f"python -m interp.bench trace {' '.join(argv or [])}".rstrip(),
@@ -181,27 +191,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             "; full-sweep times for them EXTRAPOLATED from their per-cell rate" if extrapolated else "; no extrapolation"),
         f"machine: float32 matmul {peak:.1f} GFLOP/s before, {peak_after:.1f} after; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}",
         "",
-        "| method | items | seconds | cells/s | speedup (engine vs it) | GFLOP/s | % of matmul rate |",
-        "|---|---|---|---|---|---|---|",
+        "| method | items | wall s | CPU s | cells/s (wall) | engine speedup per cell (wall / CPU) | GFLOP/s (wall) | % of matmul rate |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     peak_mean = (peak + peak_after) / 2
+    (e_wall, e_cpu), (es_wall, es_cpu), (r_wall, r_cpu), (t_wall, t_cpu) = engine_s, engine_sub_s, ref_s, tl_s
     rows = [
-        ("engine, full sweep (CLI path, table written)", len(items), engine_s, n_cells / engine_s, None,
-         engine_flops(model, items) / engine_s / 1e9),
-        ("engine, subset", len(slow), engine_sub_s, sub_cells / engine_sub_s, None, engine_flops(model, slow) / engine_sub_s / 1e9),
-        ("per-cell loop, subset", len(slow), ref_s, sub_cells / ref_s, (sub_cells / engine_sub_s) / (sub_cells / ref_s),
-         loop_flops(cfg, slow, cfg.n_layers + 1) / ref_s / 1e9),
-        ("TL get_act_patch_resid_pre, subset", len(slow), tl_s, sub_cells_tl / tl_s, (sub_cells / engine_sub_s) / (sub_cells_tl / tl_s),
-         loop_flops(cfg, slow, cfg.n_layers) / tl_s / 1e9),
+        ("engine, full sweep (CLI path, table written)", len(items), e_wall, e_cpu, n_cells, None, engine_flops(model, items)),
+        ("engine, subset", len(slow), es_wall, es_cpu, sub_cells, None, engine_flops(model, slow)),
+        ("per-cell loop, subset", len(slow), r_wall, r_cpu, sub_cells, (r_wall / sub_cells, r_cpu / sub_cells),
+         loop_flops(cfg, slow, cfg.n_layers + 1)),
+        ("TL get_act_patch_resid_pre, subset", len(slow), t_wall, t_cpu, sub_cells_tl,
+         (t_wall / sub_cells_tl, t_cpu / sub_cells_tl), loop_flops(cfg, slow, cfg.n_layers)),
     ]
-    for name, n, sec, rate, speedup, gflops in rows:
-        lines.append(f"| {name} | {n} | {sec:.1f} | {rate:.0f} | {'' if speedup is None else f'{speedup:.1f}x'} | "
-                     f"{gflops:.1f} | {100 * gflops / peak_mean:.0f}% |")
+    engine_cell = (es_wall / sub_cells, es_cpu / sub_cells)
+    for name, n, wall, cpu, cells, per_cell, flops in rows:
+        speed = "" if per_cell is None else f"{per_cell[0] / engine_cell[0]:.1f}x / {per_cell[1] / engine_cell[1]:.1f}x"
+        gflops = flops / wall / 1e9
+        lines.append(f"| {name} | {n} | {wall:.1f} | {cpu:.1f} | {cells / wall:.0f} | {speed} | {gflops:.1f} | "
+                     f"{100 * gflops / peak_mean:.0f}% |")
+    ref_full = (r_wall / sub_cells * n_cells) if extrapolated else r_wall
+    tl_full = (t_wall / sub_cells_tl * n_cells_tl) if extrapolated else t_wall
     lines += [
         "",
-        f"full sweep of {len(items)} items: engine {engine_s:.1f} s; per-cell loop {ref_full:.0f} s"
-        f"{' (extrapolated)' if extrapolated else ''} -> {ref_full / engine_s:.1f}x; TL {tl_full:.0f} s"
-        f"{' (extrapolated)' if extrapolated else ''} -> {(tl_full / n_cells_tl) / (engine_s / n_cells):.1f}x per cell",
+        f"full sweep of {len(items)} items: engine {e_wall:.1f} s wall ({e_cpu:.1f} s CPU); per-cell loop {ref_full:.0f} s"
+        f"{' (extrapolated)' if extrapolated else ''} -> {ref_full / e_wall:.1f}x; TL {tl_full:.0f} s"
+        f"{' (extrapolated)' if extrapolated else ''} -> {(tl_full / n_cells_tl) / (e_wall / n_cells):.1f}x per cell",
         f"engine cells: {stats.cells_forward} by forward, {stats.cells_shortcut} by exact shortcuts",
         f"parity on the subset: max |engine - loop| = {diff_ref:.2e}, max |engine - TL| = {diff_tl:.2e} (patched scores)",
     ]
