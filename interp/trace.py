@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = {"argv": list(sys.argv[1:] if argv is None else argv), "device": args.device, "limit": args.limit,
             "image_source": target.source,
             "chunk_items": args.chunk_items, "budget_mb": args.budget_mb, "threads": torch.get_num_threads(),
-            "fast_path": uses_fast_path(model)}
+            "fast_path": uses_fast_path(model), "args": vars(args)}
     out = Path(args.out) if args.out else default_run_dir(TOOL, args.model, args.name)
     run = RunDir(out, TOOL, settings, info)
     log.info("run directory %s (%s)", run.path, "resuming" if run.resumed else "new")
