@@ -51,6 +51,8 @@ class TextEncoderConfig:
         model_name, pretrained: where the weights came from (for reports).
         use_attn_result: compute per-head outputs ``attn.hook_result`` [batch, pos, head, d_model]
             (costs n_heads x the memory of the attention output; off by default, as in TransformerLens).
+        device: where the weights are; kept in sync by the encoder on every ``.to()`` (TransformerLens
+            helpers such as ``patching`` read ``model.cfg.device``).
     """
 
     n_layers: int
@@ -76,6 +78,7 @@ class TextEncoderConfig:
     model_name: str = "custom"
     pretrained: str | None = None
     use_attn_result: bool = False
+    device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

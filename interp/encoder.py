@@ -76,6 +76,11 @@ class HookedTextEncoder(HookedRootModule):
         """Compute per-head outputs at ``blocks.{l}.attn.hook_result`` (n_heads x the memory)."""
         self.cfg.use_attn_result = use_attn_result
 
+    def _apply(self, fn, *args, **kwargs):  # every .to()/.cuda()/.half() ends here
+        module = super()._apply(fn, *args, **kwargs)
+        self.cfg.device = str(self.embed.W_E.device)
+        return module
+
     @property
     def device(self) -> torch.device:
         return self.embed.W_E.device

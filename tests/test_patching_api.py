@@ -39,3 +39,27 @@ def test_partial_run_arguments_are_checked(tiny_model):
         tiny_model(batch, stop_at_layer=3)
     with pytest.raises(ValueError, match="batch x pos"):
         tiny_model(batch, start_at_layer=1, residual=torch.zeros(1, 3, tiny_model.cfg.d_model))
+
+
+def test_transformer_lens_activation_patching_runs_on_the_hooked_encoder(tiny_model):
+    """TL's own patching helper accepts the encoder unadapted (it reads cfg.device) and agrees
+    with patching by hand."""
+    from transformer_lens import patching
+
+    assert tiny_model.cfg.device == "cpu"
+    source = tiny_model.to_tokens(["There is no dog."]).tokens
+    base = tiny_model.to_tokens(["There is a dog."]).tokens
+    with torch.no_grad():
+        _, cache = tiny_model.run_with_cache(source)
+        grid = patching.get_act_patch_resid_pre(tiny_model, base, cache, lambda out: out[0, 0])
+        layer, pos = 1, 3
+        name = f"blocks.{layer}.hook_resid_pre"
+
+        def patch(x, hook):
+            x = x.clone()
+            x[:, pos] = cache[name][:, pos]
+            return x
+
+        by_hand = tiny_model.run_with_hooks(base, fwd_hooks=[(name, patch)])[0, 0]
+    assert grid.shape == (tiny_model.cfg.n_layers, base.shape[1])
+    assert torch.allclose(grid[layer, pos], by_hand, atol=1e-6)

@@ -5,9 +5,7 @@ On the same items, in one process, with the same model and threads:
 (a) the engine: the full sweep as the CLI runs it (fixed item chunks, per-item table written);
 (b) the plain per-cell reference loop (:mod:`interp.tracing.reference`: one batch-1 forward per cell);
 (c) TransformerLens's own ``patching.get_act_patch_resid_pre`` on the same hooked model (one
-    ``run_with_hooks`` forward per (layer, position) at the item's length). TL reads
-    ``model.cfg.device``, which :class:`~interp.config.TextEncoderConfig` does not define; the
-    benchmark sets it on the instance (nothing else is adapted). TL covers resid_pre of blocks
+    ``run_with_hooks`` forward per (layer, position) at the item's length), unadapted. TL covers resid_pre of blocks
     0..L-1 (L states), the engine and the loop L + 1 states; rates are compared per cell.
 
 (b) and (c) take about a second per item on this machine's ViT-B-32-sized tower, so by default they
@@ -123,7 +121,6 @@ def _time_transformer_lens(model, items):
     """TL's get_act_patch_resid_pre per item; returns seconds and [item] of [n_layers, pos] scores."""
     from transformer_lens import patching
 
-    model.cfg.device = str(model.device)  # TL reads cfg.device; TextEncoderConfig has none
     patching.tqdm = lambda iterable, *a, **k: iterable  # silence TL's per-call progress bar
     directions = text_directions(model)(items, range(len(items)))
     outputs = []
