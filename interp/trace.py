@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = {
         "task": args.task, "model": args.model, "pretrained": model.cfg.pretrained,
-        "weights_sha256": weights_fingerprint(model), "dtype": args.dtype, "seed": args.seed,
+        "weights_fingerprint": weights_fingerprint(model), "dtype": args.dtype, "seed": args.seed,
         "target": target.kind, **target.settings, "segment": args.segment, "mode": args.mode,
         "direction": args.direction, "kind": args.kind, "window": args.window, **noise_info,
     }

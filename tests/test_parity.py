@@ -78,7 +78,7 @@ def test_logit_scale_is_kept(open_clip_models):
 
 
 def test_matches_transformers_clip_text_model_with_projection(sentences, tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers  # the hf extra; make test installs every extra
     from interp import load_text_encoder
     from interp.tokenization import CLIPTokenizer
 

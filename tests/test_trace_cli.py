@@ -53,7 +53,7 @@ def test_image_run_writes_every_report_file(tmp_path, embeddings_file):
     for fact in ("tiny", "random", "n = 6", "pairwise accuracy", "490", "Sanity invariants", "heatmap_caption.png"):
         assert fact in report, fact
     config = json.loads((out / "config.json").read_text())
-    assert config["settings"]["target"] == "image" and len(config["settings"]["weights_sha256"]) == 64
+    assert config["settings"]["target"] == "image" and len(config["settings"]["weights_fingerprint"]) == 64
     assert config["versions"]["torch"]
     excluded = read_csv(out / "exclusions.csv")
     assert (excluded.stage == "--limit").sum() == 490 - 6 and (excluded.stage == "valid set / minimal pair rule").sum() == 44

@@ -122,7 +122,10 @@ def _report(run, ctx, cells, items, by_side, inv, why_not, excluded, figures) ->
     rep.heading("Model and weights").bullets([
         f"model: `{args.model}`; weights: `{cfg.pretrained or 'random init'}`"
         + (" (random weights: these numbers say nothing about trained CLIP)" if not cfg.pretrained or "random" in str(cfg.pretrained) else ""),
-        f"weights sha256: `{ctx.settings['weights_sha256'][:16]}...`; dtype {args.dtype}; seed {args.seed}",
+        f"weights fingerprint (sha256 over the loaded parameters, `interp.weights_fingerprint`): "
+        f"`{ctx.settings['weights_fingerprint'][:16]}...`"
+        + (f"; weights file sha256 `{cfg.extra['weights_sha256']}`" if "weights_sha256" in cfg.extra else "")
+        + f"; dtype {args.dtype}; seed {args.seed}",
         f"{cfg.n_layers} layers, d_model {cfg.d_model}, {'causal' if cfg.causal else 'bidirectional'}, pool {cfg.pool}",
     ])
     if ctx.target.kind == "image":
