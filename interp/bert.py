@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import einops
 import torch
 from torch import Tensor
 
 from interp.config import ConfigError, TextEncoderConfig
+from interp.convert import _bias_heads, _heads_in, _heads_out  # one named-axis split for every format
 from interp.encoder import HookedTextEncoder
 from interp.errors import CheckpointMismatchError, UnknownModelError, WeightsUnavailableError
 from interp.tokenization import TokenBatch, TokenizationError, _batch, _check_texts, _pad_width
@@ -239,20 +239,6 @@ def bert_config(directory: BertDirectory, model_name: str, pretrained: str | Non
         pretrained=pretrained, extra={"source": str(directory.path),
                                       "max_position_embeddings": c["max_position_embeddings"]},
     )
-
-
-def _heads_in(weight: Tensor, n_heads: int) -> Tensor:
-    """nn.Linear weight [n_heads * d_head, d_model] -> [head, d_model, d_head]."""
-    return einops.rearrange(weight, "(head d_head) d_model -> head d_model d_head", head=n_heads)
-
-
-def _heads_out(weight: Tensor, n_heads: int) -> Tensor:
-    """attention.output.dense weight [d_model, n_heads * d_head] -> [head, d_head, d_model]."""
-    return einops.rearrange(weight, "d_model (head d_head) -> head d_head d_model", head=n_heads)
-
-
-def _bias_heads(bias: Tensor, n_heads: int) -> Tensor:
-    return einops.rearrange(bias, "(head d_head) -> head d_head", head=n_heads)
 
 
 def convert_bert_state_dict(sd: dict[str, Tensor], cfg: TextEncoderConfig, source: str = "checkpoint") -> dict[str, Tensor]:
