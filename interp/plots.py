@@ -41,6 +41,18 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return path
 
 
+def _finish(plt, fig, ax, path: str | os.PathLike, title: str, xlabel: str, ylabel: str = "",
+            title_size: int = 10) -> Path:
+    """Label the axes, save atomically, always close the figure."""
+    ax.set_title(title, fontsize=title_size)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
 def roles_layers_heatmap(
     matrix: pd.DataFrame,
     path: str | os.PathLike,
@@ -58,13 +70,7 @@ def roles_layers_heatmap(
     fig, ax = plt.subplots(figsize=(width, height))
     sns.heatmap(matrix.astype(float), ax=ax, annot=True, fmt=".2f", vmin=vmin, vmax=vmax, cmap=cmap,
                 cbar_kws={"shrink": 0.8}, annot_kws={"fontsize": 7})
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("")
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _finish(plt, fig, ax, path, title, xlabel)
 
 
 def heads_heatmap(
@@ -84,13 +90,7 @@ def heads_heatmap(
     fig, ax = plt.subplots(figsize=(0.5 * values.shape[1] + 2.5, 0.4 * values.shape[0] + 1.5))
     sns.heatmap(values, ax=ax, center=center, vmin=center - bound, vmax=center + bound, cmap=cmap,
                 annot=annotate, fmt=".2f", annot_kws={"fontsize": 6}, cbar_kws={"shrink": 0.8})
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _finish(plt, fig, ax, path, title, "head", "layer")
 
 
 def layer_bars(
@@ -109,12 +109,7 @@ def layer_bars(
     fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(order) + 2.5), 3.5))
     sns.barplot(data=frame.assign(**{x: frame[x].astype(str)}), x=x, y=y, hue=hue, order=order, ax=ax)
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel(xlabel)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _finish(plt, fig, ax, path, title, xlabel, y, title_size=9)
 
 
 # Public names for callers drawing their own figures with the same backend and atomic save.
