@@ -37,6 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.images import ImageDataError, PreprocessConfig, check_image_files, load_image_batch
+from interp.loading import weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +61,10 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def module_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 over a module's parameters and buffers (names, shapes, float32 bytes)."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(module.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def checkpoint_id(model: torch.nn.Module, checkpoint: str | os.PathLike | None) -> str:
     """What identifies the weights in the cache key (see the module docstring)."""
     if checkpoint is None or str(checkpoint).lower() in ("none", "random"):
-        return "weights-sha256:" + module_fingerprint(getattr(model, "visual", model))
+        return "weights-sha256:" + weights_fingerprint(getattr(model, "visual", model))
     path = Path(checkpoint)
     if path.is_file():
         stat = path.stat()
