@@ -159,6 +159,9 @@ def create_open_clip_model(
 
 
 def _create_pretrained(open_clip: Any, name: str, tag: str) -> nn.Module:
+    # Offline, open_clip's hub client retries for about a minute before giving up: say why we wait.
+    log.info("loading %s / %s through open_clip (cache or download; with no network set HF_HUB_OFFLINE=1 "
+             "to fail at once, or pass --pretrained PATH)", name, tag)
     try:
         return open_clip.create_model(name, pretrained=tag, require_pretrained=True)
     except Exception as err:  # noqa: BLE001 - network/cache failures come in many types
