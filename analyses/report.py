@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,8 @@ from analyses.io import EmbeddingSet, check_pairing
 from analyses.matching import matching_protocol
 from analyses.similarity import cka_matrix, permutation_test
 from analyses.validation import AnalysisInputError
+from interp.report import markdown_table
+from interp.runs import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -59,25 +59,6 @@ class ReportOptions:
         d = asdict(self)
         d["map_config"] = self.map_config.as_dict()
         return d
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("clip-interp", "numpy", "scipy", "torch", "pandas", "open-clip-torch", "seaborn", "matplotlib"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def _md_table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
-    """A GitHub markdown table (no tabulate dependency)."""
-    cols = list(df.columns)
-    fmt = lambda v: floatfmt.format(v) if isinstance(v, (float, np.floating)) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def _pairs_from_groups(groups: np.ndarray | None, n: int) -> np.ndarray:
@@ -192,9 +173,9 @@ def _markdown(tables: dict[str, pd.DataFrame], config: dict[str, Any], figures: 
                 grid = part.pivot(index="x_layer", columns="y_layer", values="cka")
                 grid = grid.loc[part.drop_duplicates("x_index")["x_layer"], part.drop_duplicates("y_index")["y_layer"]]
                 lines += [f"## {title} ({kernel}; rows: X layers, columns: Y layers)", "",
-                          _md_table(grid.reset_index().rename(columns={"x_layer": "X \\ Y"})), ""]
+                          markdown_table(grid.reset_index().rename(columns={"x_layer": "X \\ Y"})), ""]
         elif key in tables:
-            lines += [f"## {title}", "", _md_table(tables[key]), ""]
+            lines += [f"## {title}", "", markdown_table(tables[key]), ""]
     for fig in figures:
         lines += [f"![{fig}]({fig})", ""]
     return "\n".join(lines)
@@ -220,7 +201,7 @@ def write_report(
         raise AnalysisInputError(f"output directory {out} exists: pass --overwrite or choose another --out.")
     tables = compute_tables(x, y, opts)
     config = {
-        "args": args or {}, "options": opts.as_dict(), "versions": _versions(),
+        "args": args or {}, "options": opts.as_dict(), "versions": package_versions(),
         "inputs": {"n": x.n,
                    "x": {"path": sources[0], "description": describe(x), "meta": x.meta, "dim": x.embeddings.shape[1],
                          "layers": x.layer_names},

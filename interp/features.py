@@ -11,10 +11,8 @@ Tables first: :func:`write_feature_tables` writes CSVs and a JSON of the run's c
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +24,7 @@ from scipy import stats
 from torch import Tensor
 
 from interp.data.negation import NEGATION_SIDES, NegationPair
+from interp.runs import package_versions, write_csv, write_json
 from interp.scoring import normalize
 
 log = logging.getLogger(__name__)
@@ -122,12 +121,6 @@ def feature_correlations(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["negation_side", "subset", "feature", "n", "pearson_r", "p_value"])
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_feature_tables(
     out_dir: str | os.PathLike, table: pd.DataFrame, correlations: pd.DataFrame | None, config: dict[str, Any]
 ) -> list[Path]:
@@ -139,18 +132,17 @@ def write_feature_tables(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    _atomic_write_text(out / "features.csv", table.to_csv(index=False))
+    write_csv(table, out / "features.csv")
     written.append(out / "features.csv")
     if correlations is not None:
-        _atomic_write_text(out / "feature_correlations.csv", correlations.to_csv(index=False))
+        write_csv(correlations, out / "feature_correlations.csv")
         written.append(out / "feature_correlations.csv")
     meta = {
         **config,
         "n_items": int(len(table)),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "numpy": np.__version__, "pandas": pd.__version__},
+        "versions": package_versions(),
     }
-    _atomic_write_text(out / "features_config.json", json.dumps(meta, indent=2, sort_keys=True, default=str))
+    write_json(meta, out / "features_config.json")
     written.append(out / "features_config.json")
     log.info("feature tables written to %s", out)
     return written

@@ -7,16 +7,14 @@ failed run never leaves a half-written report under the requested name.
 from __future__ import annotations
 
 from interp.errors import ClipInterpError
+from interp.report import markdown_table as _interp_markdown_table
+from interp.runs import VERSIONED_PACKAGES, package_versions
 
 import json
 import logging
-import math
 import os
-import platform
 import shutil
 import subprocess
-import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,14 +28,9 @@ class ReportError(ClipInterpError, RuntimeError):
 
 
 def versions() -> dict[str, Any]:
-    """Python, platform, key package versions and the git commit of the working tree (if any)."""
-    out: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("clip-interp", "torch", "numpy", "pandas", "scikit-learn", "transformer-lens",
-                "open-clip-torch", "matplotlib", "seaborn"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
+    """The project's package versions (:func:`interp.runs.package_versions`, plus scikit-learn) and
+    the git commit of the working tree (if any)."""
+    out: dict[str, Any] = package_versions((*VERSIONED_PACKAGES, "scikit-learn"))
     try:
         here = Path(__file__).resolve().parent
         out["git_commit"] = subprocess.run(
@@ -114,16 +107,6 @@ def pyplot():
     return plt, sns
 
 
-def _fmt(x: Any, digits: int) -> str:
-    if isinstance(x, float):
-        return "nan" if math.isnan(x) else f"{x:.{digits}f}"
-    return str(x)
-
-
 def markdown_table(df: pd.DataFrame, columns: Sequence[str] | None = None, digits: int = 3) -> str:
-    """A GitHub markdown table of ``df`` (no extra dependency)."""
-    cols = list(columns or df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in df[cols].iterrows():
-        lines.append("| " + " | ".join(_fmt(row[c], digits) for c in cols) + " |")
-    return "\n".join(lines)
+    """A GitHub markdown table of ``df`` restricted to ``columns`` (:func:`interp.report.markdown_table`)."""
+    return _interp_markdown_table(df[list(columns or df.columns)], floatfmt=f".{digits}f")

@@ -9,10 +9,7 @@ position). Only the model's tokenizer is used; ``--pretrained none`` is enough (
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import platform
 from pathlib import Path
 from typing import Sequence
 
@@ -20,14 +17,9 @@ import pandas as pd
 
 from interp.cli_common import add_model_args, load_model_from_args, run_cli
 from interp.data.negation import align_pairs, load_existence_pairs, role_table
+from interp.runs import atomic_write_text, package_versions, write_json
 
 log = logging.getLogger(__name__)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,19 +41,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write(out / "pairs.csv", pairs.to_csv(index=False))
-    _write(out / "exclusions.csv", pd.DataFrame([vars(e) for e in result.exclusions],
+    atomic_write_text(out / "pairs.csv", pairs.to_csv(index=False))
+    atomic_write_text(out / "exclusions.csv", pd.DataFrame([vars(e) for e in result.exclusions],
                                                 columns=["item_id", "reason"]).to_csv(index=False))
-    _write(out / "roles.csv", role_table(aligned).to_csv(index=False))
+    atomic_write_text(out / "roles.csv", role_table(aligned).to_csv(index=False))
     meta = {
         "counts": {**result.counts, "aligned": len(aligned), "rejected": len(rejected)},
         "valid_only": not args.all_items,
         "model": model.cfg.model_name,
         "pretrained": str(model.cfg.pretrained),
         "tokenizer": getattr(model.tokenizer, "name", type(model.tokenizer).__name__),
-        "versions": {"python": platform.python_version(), "pandas": pd.__version__},
+        "versions": package_versions(),
     }
-    _write(out / "counts.json", json.dumps(meta, indent=2, sort_keys=True))
+    write_json(meta, out / "counts.json")
     log.info("%d pairs (%d aligned, %d rejected), %d exclusions -> %s",
              len(result.pairs), len(aligned), len(rejected), len(result.exclusions), out)
     return 0
