@@ -27,6 +27,7 @@ from analyses.io import EmbeddingSet, check_pairing
 from analyses.matching import matching_protocol
 from analyses.similarity import cka_matrix, permutation_test
 from analyses.validation import AnalysisInputError
+from interp.plots import pyplot_and_seaborn
 from interp.report import markdown_table
 from interp.runs import package_versions
 
@@ -122,11 +123,7 @@ def compute_tables(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions) -> dic
 
 
 def _figures(tables: dict[str, pd.DataFrame], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+    plt, sns = pyplot_and_seaborn()
 
     written = []
     if "cka_layers" in tables:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from interp.errors import ClipInterpError
 from interp.report import markdown_table as _interp_markdown_table
+from interp.plots import pyplot_and_seaborn
 from interp.runs import VERSIONED_PACKAGES, package_versions
 
 import json
@@ -97,14 +98,8 @@ class ReportDir:
 
 
 def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed), and seaborn."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    return plt, sns
+    """matplotlib.pyplot on the Agg backend and seaborn (:func:`interp.plots.pyplot_and_seaborn`)."""
+    return pyplot_and_seaborn()
 
 
 def markdown_table(df: pd.DataFrame, columns: Sequence[str] | None = None, digits: int = 3) -> str:
