@@ -29,7 +29,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analyses.alignment import fit_least_squares, fit_procrustes
+from analyses.alignment.procrustes import fit_least_squares, fit_procrustes
 from analyses.sinkhorn import assignments
 from analyses.validation import AnalysisInputError, as_matrix, as_paired, check_positive_int
 

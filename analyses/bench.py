@@ -120,5 +120,9 @@ def _bench_matching(args: argparse.Namespace, rng: np.random.Generator, record: 
     record(f"local CKA + Hungarian, {args.n_base} base + {args.n_query} queries (accuracy)", seconds, acc)
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    return main(argv)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())

@@ -1,24 +1,28 @@
 """clip-interp: mechanistic interpretability for CLIP-style encoders.
 
 Start with :func:`load_text_encoder`, which returns a :class:`HookedTextEncoder` whose every
-activation is a TransformerLens hook point.
+activation is a TransformerLens hook point. Names load on first use, so ``import interp`` (and every
+command's ``--help``) does not import torch or transformer_lens.
+
+Subpackages: :mod:`interp.models` (hooked encoders and loaders), :mod:`interp.data` (VALSE, pairs,
+images, scores), :mod:`interp.tracing` (causal tracing), :mod:`interp.heads` (attention, ablation,
+direct effects), :mod:`interp.runs` (run directories, reports, figures), :mod:`interp.cli` (the
+commands), :mod:`interp.testing` (planted encoders with known answers), :mod:`interp.benchmarks`.
 """
 
-from interp.config import TextEncoderConfig
-from interp.encoder import HookedCLIPTextEncoder, HookedTextEncoder
-from interp.errors import ClipInterpError, UnknownModelError, WeightsUnavailableError
-from interp.loading import create_open_clip_model, load_text_encoder, weights_fingerprint
-from interp.tokenization import TokenBatch
+from interp._lazy import lazy_exports
 
-__all__ = [
-    "ClipInterpError",
-    "HookedCLIPTextEncoder",
-    "HookedTextEncoder",
-    "TextEncoderConfig",
-    "TokenBatch",
-    "UnknownModelError",
-    "WeightsUnavailableError",
-    "create_open_clip_model",
-    "load_text_encoder",
-    "weights_fingerprint",
-]
+_EXPORTS = {
+    "TextEncoderConfig": "interp.models.config",
+    "HookedCLIPTextEncoder": "interp.models.text_encoder",
+    "HookedTextEncoder": "interp.models.text_encoder",
+    "ClipInterpError": "interp.errors",
+    "UnknownModelError": "interp.errors",
+    "WeightsUnavailableError": "interp.errors",
+    "create_open_clip_model": "interp.models.loading",
+    "load_text_encoder": "interp.models.loading",
+    "weights_fingerprint": "interp.models.loading",
+    "TokenBatch": "interp.models.tokenization",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

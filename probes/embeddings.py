@@ -145,9 +145,9 @@ def embed_image_files(model_name: str, pretrained: Any, folder: str, files: Sequ
                       device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE) -> Float[Tensor, "n d_embed"]:
     """Image embeddings ``[n, d_embed]`` (float64, not normalised) of ``files`` under ``folder`` from the
     image tower of the open_clip model ``model_name`` with ``pretrained`` weights ("default", a tag, a
-    file, or "none"), preprocessed exactly as open_clip does (:mod:`interp.images`)."""
-    from interp.images import PreprocessConfig, check_image_files, load_image_batch
-    from interp.loading import create_open_clip_model
+    file, or "none"), preprocessed exactly as open_clip does (:mod:`interp.data.images`)."""
+    from interp.data.images import PreprocessConfig, check_image_files, load_image_batch
+    from interp.models.loading import create_open_clip_model
 
     paths = check_image_files(folder, list(files))
     clip = create_open_clip_model(model_name, pretrained, device=device)

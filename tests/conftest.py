@@ -16,7 +16,7 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 @pytest.fixture(scope="session")
 def open_clip_module():
-    from interp.compat import import_open_clip
+    from interp.models.compat import import_open_clip
 
     return import_open_clip()
 

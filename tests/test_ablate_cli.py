@@ -8,9 +8,9 @@ import pandas as pd
 import torch
 import pytest
 
-from interp.ablate import main
-from interp.cli_common import run_cli
-from interp.runs import read_csv
+from interp.cli.ablate import main
+from interp.cli.common import run_cli
+from interp.runs.rundir import read_csv
 
 BASE = ["--model", "tiny", "--pretrained", "none", "--target", "text", "--limit", "5", "--chunk", "2"]
 
@@ -75,7 +75,7 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys):
 
 def test_image_embeddings_target_reports_accuracy_and_segments(tmp_path):
     from interp.data.negation import load_existence_pairs
-    from interp.image_cache import save_precomputed_embeddings
+    from interp.data.image_cache import save_precomputed_embeddings
 
     files = sorted({p.image_file for p in load_existence_pairs().pairs[:6]})
     emb = torch.randn(len(files), 32, generator=torch.Generator().manual_seed(0))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import interp
-from interp.ablation import (
+from interp.heads.ablation import (
     AblationError,
     Component,
     ablation_scores,
@@ -18,9 +18,9 @@ from interp.ablation import (
     reference_means,
     resample_donors,
 )
-from interp.attention import batch_from_ids
+from interp.heads.attention import batch_from_ids
 from interp.data.negation import align_pairs, load_existence_pairs
-from interp.planted import build_negator_selective_encoder
+from interp.testing import build_negator_selective_encoder
 
 ATOL = 1e-5  # float32, scores are cosines times unit-norm directions
 
@@ -193,7 +193,7 @@ def test_clear_errors(tiny, sentences, directions):
 
 def test_bidirectional_post_ln_encoder_matches_loop():
     """MiniLM (bidirectional, post-LN, mean pooling, normalised output) through the same public API."""
-    from interp.attention import negator_attention, negator_attention_reference
+    from interp.heads.attention import negator_attention, negator_attention_reference
 
     model = interp.load_text_encoder("all-MiniLM-L6-v2")
     assert not model.cfg.causal and model.cfg.norm == "post"

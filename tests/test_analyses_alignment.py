@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from analyses.alignment import (
+from analyses.alignment.procrustes import (
     csls_scores,
     fit_least_squares,
     fit_procrustes,
@@ -129,7 +129,7 @@ def test_bad_input():
 
 
 def test_chunked_scoring_equals_one_chunk(monkeypatch):
-    import analyses.alignment as alignment
+    import analyses.alignment.procrustes as alignment
 
     rng = np.random.default_rng(4)
     q, t = rng.normal(size=(50, 6)), rng.normal(size=(90, 6))

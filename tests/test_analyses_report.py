@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from analyses.cli import main as cli_main
-from analyses.cli import run as cli_run
-from analyses.extract import extract_pairs, image_tower_layers, main as extract_main, read_captions
+from analyses.cli.alignment import main as cli_main
+from analyses.cli.alignment import cli as cli_run
+from analyses.cli.extract import main as extract_main
+from analyses.extract.pairs import extract_pairs, image_tower_layers, read_captions
 from analyses.io import EmbeddingSet, load_embeddings, save_embeddings
-from analyses.report import _pairs_from_groups
+from analyses.cli.report import _pairs_from_groups
 from analyses.similarity import linear_cka
 from analyses.synthetic import synthetic_pair
 from analyses.validation import AnalysisInputError
@@ -96,8 +97,8 @@ def _write_images(folder, n):
 
 
 def test_extractor_on_the_tiny_model_is_on_the_data_path(tmp_path):
-    from interp.compat import import_open_clip
-    from interp.loading import create_open_clip_model
+    from interp.models.compat import import_open_clip
+    from interp.models.loading import create_open_clip_model
 
     names = _write_images(tmp_path, 3)
     images = [names[0], names[1], names[0], names[2], names[1]]
@@ -119,7 +120,7 @@ def test_extractor_on_the_tiny_model_is_on_the_data_path(tmp_path):
         ref = clip.encode_text(tok(captions)).double().numpy()
     np.testing.assert_allclose(y.embeddings, ref, atol=1e-5)
     # pre-built pixels give the same result as the folder
-    from interp.images import PreprocessConfig, load_image_batch
+    from interp.data.images import PreprocessConfig, load_image_batch
 
     pixels = load_image_batch([tmp_path / n for n in names], PreprocessConfig.from_model(clip))
     x2, _ = extract_pairs("tiny", "none", images, captions, pixels=pixels, seed=0)

@@ -135,8 +135,12 @@ def test_streaming_accumulator_matches_full_kernel_form_with_offset_features():
     # A large common offset stresses the uncentred sufficient statistics.
     x = rng.normal(size=(1000, 12)) + 50.0
     y = x[:, :5] @ rng.normal(size=(5, 9)) + rng.normal(size=(1000, 9)) - 30.0
-    ref_b = cka_from_grams(x @ x.T, y @ y.T)
-    ref_u = cka_from_grams(x @ x.T, y @ y.T, debiased=True)
+    # The references use centred features: linear CKA (biased and debiased) does not change under a
+    # common offset, and Gram matrices of raw +50/-30 features lose ~1e-8 to cancellation, an error
+    # that depends on the BLAS kernel (it failed on AVX-512 at 1e-9). Centred Grams are well conditioned.
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    ref_b = cka_from_grams(xc @ xc.T, yc @ yc.T)
+    ref_u = cka_from_grams(xc @ xc.T, yc @ yc.T, debiased=True)
     acc = LinearCKAAccumulator()
     for start in range(0, 1000, 137):  # uneven chunks
         acc.update(x[start : start + 137], y[start : start + 137])

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 import interp
-from interp.attention import (
+from interp.heads.attention import (
     AttentionInputError,
     head_label,
     negator_attention,
     negator_attention_reference,
 )
 from interp.data.negation import ROLES, align_pairs, load_existence_pairs
-from interp.planted import build_negator_selective_encoder
+from interp.testing import build_negator_selective_encoder
 
 
 @pytest.fixture(scope="module")

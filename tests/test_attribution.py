@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import interp
-from interp.attribution import AttributionError, direct_effects, direct_effects_on_d
-from interp.config import TextEncoderConfig
+from interp.heads.direct_effects import AttributionError, direct_effects, direct_effects_on_d
+from interp.models.config import TextEncoderConfig
 from interp.data.negation import align_pairs, load_existence_pairs
-from interp.encoder import HookedTextEncoder
-from interp.planted import build_negator_selective_encoder
-from interp.tokenization import CLIPTokenizer
+from interp.models.text_encoder import HookedTextEncoder
+from interp.testing import build_negator_selective_encoder
+from interp.models.tokenization import CLIPTokenizer
 
 TEXTS = ["There are no dogs in the picture.", "There is a cat.", "There are some people on the street ."]
 

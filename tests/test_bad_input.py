@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from interp import load_text_encoder
-from interp.cli_common import run_cli
+from interp.cli.common import run_cli
 from interp.errors import CheckpointMismatchError, ClipInterpError, UnknownModelError, WeightsUnavailableError
-from interp.loading import create_open_clip_model
-from interp.tokenization import TokenizationError
+from interp.models.loading import create_open_clip_model
+from interp.models.tokenization import TokenizationError
 
 
 def test_unknown_model_name_suggests_close_names():

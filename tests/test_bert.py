@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from interp import load_text_encoder, weights_fingerprint
-from interp.bert import MINILM_SHA256, file_sha256, load_bert_directory, minilm_directory
-from interp.config import ConfigError
+from interp.models.bert import MINILM_SHA256, file_sha256, load_bert_directory, minilm_directory
+from interp.models.config import ConfigError
 from interp.errors import CheckpointMismatchError, UnknownModelError, WeightsUnavailableError
-from interp.tokenization import TokenizationError
+from interp.models.tokenization import TokenizationError
 
 ATOL_EMBEDDING_FP32 = 1e-5
 ATOL_HIDDEN_FP32 = 1e-4
@@ -45,7 +45,7 @@ def minilm():
 @pytest.fixture(scope="module")
 def transformers_bert():
     """transformers' BertModel and BertTokenizerFast on the packaged directory (offline)."""
-    from interp.compat import import_open_clip
+    from interp.models.compat import import_open_clip
 
     import_open_clip()  # makes the CUDA torchvision wheel importable on CPU torch (transformers imports it)
     from transformers import BertModel, BertTokenizerFast
@@ -119,7 +119,7 @@ def test_float64_removes_the_float32_differences(minilm, transformers_bert):
 
 
 def test_embedding_matches_sentence_transformers_encode(minilm):
-    from interp.compat import import_open_clip
+    from interp.models.compat import import_open_clip
 
     import_open_clip()
     from sentence_transformers import SentenceTransformer
@@ -319,7 +319,7 @@ def test_plain_bert_directory_with_vocab_txt_and_cls_pooling(tmp_path, transform
 def test_missing_package_says_how_to_install(monkeypatch):
     import sys
 
-    from interp.bert import MINILM_PACKAGE
+    from interp.models.bert import MINILM_PACKAGE
 
     monkeypatch.setitem(sys.modules, MINILM_PACKAGE, None)  # import -> ImportError, as if not installed
     with pytest.raises(WeightsUnavailableError, match=r"clip-interp\[minilm\]"):

@@ -6,12 +6,12 @@ import subprocess
 import sys
 import types
 
-import interp.compat as compat
+import interp.models.compat as compat
 
 
 def test_open_clip_imports_in_a_fresh_interpreter():
     code = (
-        "from interp.compat import import_open_clip; import interp.compat as c; "
+        "from interp.models.compat import import_open_clip; import interp.models.compat as c; "
         "oc = import_open_clip(); m = oc.create_model('ViT-B-32', pretrained=None); "
         "print(type(m).__name__, c.patch_applied)"
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.loading import create_open_clip_model, hooked_from_open_clip
+from interp.models.loading import create_open_clip_model, hooked_from_open_clip
 
 ATOL = 1e-5
 

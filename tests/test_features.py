@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from interp import load_text_encoder
-from interp.compat import import_open_clip
+from interp.models.compat import import_open_clip
 from interp.data.negation import load_existence_pairs
-from interp.features import (
+from interp.data.features import (
     NO_PEOPLE_SENTENCE,
     compute_feature_table,
     feature_correlations,

@@ -12,13 +12,13 @@ import torch
 from PIL import Image, ImageDraw
 
 from interp import create_open_clip_model
-from interp.compat import import_open_clip
-from interp.image_cache import (
+from interp.models.compat import import_open_clip
+from interp.data.image_cache import (
     embed_images,
     load_precomputed_embeddings,
     save_precomputed_embeddings,
 )
-from interp.images import (
+from interp.data.images import (
     ImageDataError,
     PreprocessConfig,
     check_image_files,
@@ -271,7 +271,7 @@ def test_precomputed_bad_input(tmp_path):
 
 
 def test_image_embeddings_dispatches_to_one_source(tiny_model, image_folder, tmp_path):
-    from interp.image_cache import image_embeddings
+    from interp.data.image_cache import image_embeddings
 
     folder, names = image_folder
     from_images = image_embeddings(tiny_model, "tiny", None, names, images_dir=folder,

@@ -23,7 +23,7 @@ import torch
 
 from interp import load_text_encoder
 from interp.data.negation import align_pairs, load_existence_pairs
-from interp.scoring import cte, score, text_target_directions
+from interp.data.scoring import cte, score, text_target_directions
 
 ATOL_MEAN_POOL_FP32 = 1e-6
 PREFIX_DIFFERS = 1e-3  # |h_N - h_A| above this counts as "differs" (states are O(1))

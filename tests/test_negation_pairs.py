@@ -21,7 +21,7 @@ from interp.data.negation import (
     role_table,
 )
 from interp.data.valse import ValseDataError
-from interp.tokenization import CLIPTokenizer
+from interp.models.tokenization import CLIPTokenizer
 
 REPO_VALSE = Path(__file__).resolve().parents[1] / "datasets" / "valse"
 
@@ -39,7 +39,7 @@ def clip_aligned(existence):
 @pytest.fixture(scope="module")
 def wordpiece_aligned(existence):
     # the project's tokenizer for the MiniLM encoder (all-MiniLM-L6-v2's packaged vocabulary)
-    from interp.bert import WordPieceTokenizer, minilm_directory
+    from interp.models.bert import WordPieceTokenizer, minilm_directory
 
     return align_pairs(existence.pairs, WordPieceTokenizer.from_directory(minilm_directory(), 256))
 
@@ -217,8 +217,8 @@ def test_missing_existence_file_in_data_dir(tmp_path):
 def test_cli_writes_the_tables(tmp_path):
     import pandas as pd
 
-    from interp.cli_common import run_cli
-    from interp.data.__main__ import main
+    from interp.cli.common import run_cli
+    from interp.cli.data import main
 
     out = tmp_path / "out"
     code = run_cli(main, ["--model", "tiny", "--pretrained", "none", "--out", str(out),

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.convert import convert_open_clip_text
-from interp.loading import create_open_clip_model, hooked_from_open_clip
+from interp.models.convert import convert_open_clip_text
+from interp.models.loading import create_open_clip_model, hooked_from_open_clip
 
 ATOL_FP32 = 1e-5
 
@@ -80,7 +80,7 @@ def test_logit_scale_is_kept(open_clip_models):
 def test_matches_transformers_clip_text_model_with_projection(sentences, tmp_path):
     import transformers  # the hf extra; make test installs every extra
     from interp import load_text_encoder
-    from interp.tokenization import CLIPTokenizer
+    from interp.models.tokenization import CLIPTokenizer
 
     config = transformers.CLIPTextConfig(
         vocab_size=49408, hidden_size=96, intermediate_size=384, num_hidden_layers=3,

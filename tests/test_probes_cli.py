@@ -12,11 +12,11 @@ import torch
 import yaml
 
 import interp
-from probes import ideal_words_report, linear_report
+from probes.cli import ideal_words as ideal_words_report, linear as linear_report
 from probes.concepts import concept_set_from_dict
-from probes.ideal_words_report import random_baseline
-from probes.iw_analysis import embed_concept_set, is_random_init
-from probes.ideal_words import compositionality_metrics
+from probes.cli.ideal_words import random_baseline
+from probes.ideal_words.analysis import embed_concept_set, is_random_init
+from probes.ideal_words.decomposition import compositionality_metrics
 
 SET = {"name": "mini", "template": "a photo of a {colour} {object}",
        "factors": [{"name": "colour", "values": ["red", "blue", "green"]},

@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from interp.config import TextEncoderConfig
-from interp.encoder import HookedTextEncoder
-from interp.tokenization import CLIPTokenizer
+from interp.models.config import TextEncoderConfig
+from interp.models.text_encoder import HookedTextEncoder
+from interp.models.tokenization import CLIPTokenizer
 from probes.concepts import concept_set_from_dict
 from probes.embeddings import encode_texts
-from probes.ideal_words import decompose
-from probes.iw_analysis import embed_concept_set, is_random_init, metric_rows
-from probes.iw_uses import LabelError, debias_tables, load_image_embeddings, read_labels, zero_shot_tables
+from probes.ideal_words.decomposition import decompose
+from probes.ideal_words.analysis import embed_concept_set, is_random_init, metric_rows
+from probes.ideal_words.uses import LabelError, debias_tables, load_image_embeddings, read_labels, zero_shot_tables
 
 TEXTS = ["a photo of a red car", "a cat", "there is no dog on the old table ."]
 
@@ -142,7 +142,7 @@ def test_label_errors(tmp_path):
 
 
 def test_zero_shot_predictions_equal_plain_loop(tiny):
-    from probes.iw_uses import zero_shot_predictions
+    from probes.ideal_words.uses import zero_shot_predictions
 
     cs = concept_set_from_dict(SET)
     emb = embed_concept_set(tiny, cs, layers=False)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from probes.ideal_words import (
+from probes.ideal_words.decomposition import (
     DecompositionError,
     alphas_from_mapping,
     compositionality_metrics,

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from interp.config import TextEncoderConfig
-from interp.encoder import HookedTextEncoder
-from interp.scoring import score, text_target_directions
-from interp.tokenization import CLIPTokenizer
-from probes.linear import (
+from interp.models.config import TextEncoderConfig
+from interp.models.text_encoder import HookedTextEncoder
+from interp.data.scoring import score, text_target_directions
+from interp.models.tokenization import CLIPTokenizer
+from probes.linear.probe import (
     ProbeError,
     causal_check,
     collect_role_features,

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from interp.runs import (
+from interp.runs.rundir import (
     ItemTable,
     RunDir,
     RunDirError,

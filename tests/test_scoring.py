@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from interp import create_open_clip_model, load_text_encoder
-from interp.compat import import_open_clip
+from interp.models.compat import import_open_clip
 from interp.data.negation import align_pairs, load_existence_pairs
-from interp.loading import hooked_from_open_clip
-from interp.scoring import (
+from interp.models.loading import hooked_from_open_clip
+from interp.data.scoring import (
     TEXT_MODE_NOTE,
     TextTargetError,
     accuracy,
@@ -183,8 +183,8 @@ def test_image_mode_d_matches_plain_open_clip_loop(tmp_path):
     same d as a per-item loop over open_clip's own encode_text/encode_image."""
     from PIL import Image
 
-    from interp.image_cache import embed_images
-    from interp.images import load_image_batch
+    from interp.data.image_cache import embed_images
+    from interp.data.images import load_image_batch
 
     clip = create_open_clip_model("tiny", None)
     text_model = hooked_from_open_clip(clip, "tiny")

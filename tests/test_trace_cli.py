@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import interp.tracing.sweep as sweep_module
-from interp.cli_common import run_cli
+from interp.cli.common import run_cli
 from interp.data.negation import load_existence_pairs
-from interp.image_cache import save_precomputed_embeddings
-from interp.runs import read_csv
-from interp.trace import main
+from interp.data.image_cache import save_precomputed_embeddings
+from interp.runs.rundir import read_csv
+from interp.cli.trace import main
 
 TINY_D_EMBED = 32
 EXPECTED_FILES = [

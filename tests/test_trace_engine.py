@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from interp import load_text_encoder
-from interp.config import TextEncoderConfig
+from interp.models.config import TextEncoderConfig
 from interp.data.negation import align_pairs, load_existence_pairs
-from interp.encoder import HookedTextEncoder
-from interp.scoring import text_target_directions
-from interp.tokenization import CLIPTokenizer
+from interp.models.text_encoder import HookedTextEncoder
+from interp.data.scoring import text_target_directions
+from interp.models.tokenization import CLIPTokenizer
 from interp.tracing import (
     NoiseConfig,
     TraceSpec,

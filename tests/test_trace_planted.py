@@ -1,6 +1,6 @@
 """Planted signal: a hand-built encoder where one head at one known layer copies the negator's flag.
 
-interp.planted.build_negator_copy_encoder: block `copy_layer` holds the only working head; every
+interp.testing.build_negator_copy_encoder: block `copy_layer` holds the only working head; every
 other block is the identity. So (negation-spec.md §3 layout, states 0..L):
 - at states 0..copy_layer the whole N-vs-A gap sits at the negator (CTE 1) and nowhere later (0);
 - from state copy_layer + 1 on it has been copied to the later positions, and since the rest of
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from interp.data.negation import align_pairs, load_existence_pairs
-from interp.planted import build_negator_copy_encoder
-from interp.scoring import text_target_directions
+from interp.testing import build_negator_copy_encoder
+from interp.data.scoring import text_target_directions
 from interp.tracing import TraceSpec, build_runs, effects, patched_scores, reference_patched_scores
 
 ATOL = 1e-5

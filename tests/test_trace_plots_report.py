@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from interp.plots import heads_heatmap, layer_bars, roles_layers_heatmap
-from interp.report import Report, markdown_table
+from interp.runs.plots import heads_heatmap, layer_bars, roles_layers_heatmap
+from interp.runs.report import Report, markdown_table
 
 
 def test_figures_are_written(tmp_path):

@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from interp.ablation import ablation_scores, all_heads, reference_means
-from interp.attention import batch_from_ids, pair_batches
-from interp.cli_common import add_model_args, load_model_from_args
+from interp.heads.ablation import ablation_scores, all_heads, reference_means
+from interp.heads.attention import batch_from_ids, pair_batches
+from interp.cli.common import add_model_args, load_model_from_args
 from interp.data.negation import align_pairs, load_existence_pairs
-from interp.scoring import score, text_target_directions
+from interp.data.scoring import score, text_target_directions
 
 log = logging.getLogger(__name__)
 

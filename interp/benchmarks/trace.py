@@ -29,8 +29,8 @@ from typing import Sequence
 import torch
 
 from interp.data.negation import AlignedPair, align_pairs, load_existence_pairs
-from interp.runs import ItemTable
-from interp.scoring import score
+from interp.runs.rundir import ItemTable
+from interp.data.scoring import score
 from interp.tracing.engine import patched_scores, uses_fast_path
 from interp.tracing.inputs import build_runs
 from interp.tracing.reference import reference_patched_scores
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from interp.loading import load_text_encoder
+    from interp.models.loading import load_text_encoder
 
     model = load_text_encoder(args.model, None, seed=args.seed)
     cfg = model.cfg

@@ -13,8 +13,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.scoring import score
-from interp.tokenization import TokenBatch
+from interp.data.scoring import score
+from interp.models.tokenization import TokenBatch
 from interp.tracing.spec import TraceSpec
 
 

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from interp.scoring import score
-from interp.tokenization import TokenBatch
+from interp.data.scoring import score
+from interp.models.tokenization import TokenBatch
 from interp.tracing.clean import CleanRun, clean_run
 from interp.tracing.spec import POSITIONAL_POOLS, TraceSpec
 
@@ -55,7 +55,7 @@ class TraceRuns:
         batch: tokens ``[run, pos]`` (masks and pooling positions; padded to the longest run).
         base_x0: ``[run, pos, d_model]`` layer-0 residual of the run that is patched into.
         source_x0: ``[run, pos, d_model]`` layer-0 residual of the run the patched states come from.
-        direction: ``[run, d_embed]`` score direction (:func:`interp.scoring.score`).
+        direction: ``[run, d_embed]`` score direction (:func:`interp.data.scoring.score`).
     """
 
     batch: TokenBatch
@@ -172,7 +172,7 @@ def patched_scores(
     """Patched scores of every cell of every run, batched.
 
     Args:
-        model: a :class:`~interp.encoder.HookedTextEncoder` (CLIP-like or BERT-like).
+        model: a :class:`~interp.models.text_encoder.HookedTextEncoder` (CLIP-like or BERT-like).
         runs: base/source inputs and score directions.
         spec: kind of state and window.
         budget_mb: rough memory budget of one chunk of cells (activations, float32).

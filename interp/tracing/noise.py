@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.tokenization import TokenBatch
+from interp.models.tokenization import TokenBatch
 
 DEFAULT_NOISE_SCALE = 3.0  # ROME's choice: 3 x the embedding std
 DEFAULT_SAMPLES = 10

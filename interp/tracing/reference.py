@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from interp.scoring import score
-from interp.tokenization import TokenBatch
+from interp.data.scoring import score
+from interp.models.tokenization import TokenBatch
 from interp.tracing.engine import PatchedScores, TraceRuns
 from interp.tracing.spec import TraceSpec
 

@@ -23,8 +23,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.data.negation import AlignedPair
-from interp.runs import ItemTable
-from interp.scoring import text_target_directions
+from interp.runs.rundir import ItemTable
+from interp.data.scoring import text_target_directions
 from interp.tracing.engine import DEFAULT_BUDGET_MB, patched_scores
 from interp.tracing.inputs import NoiseConfig, build_runs, effects
 from interp.tracing.spec import TraceSpec

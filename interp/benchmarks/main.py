@@ -1,0 +1,25 @@
+"""Benchmarks: ``python -m interp.bench trace`` and ``python -m interp.bench ablate``.
+
+Each benchmark times the fast engine and its plain reference side by side in one process and
+prints ratios; the README's performance section quotes their output with the command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {"trace": "interp.benchmarks.trace", "ablate": "interp.benchmarks.ablate"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in BENCHMARKS:
+        print(f"usage: python -m interp.bench {{{'|'.join(BENCHMARKS)}}} [options]", file=sys.stderr)  # noqa: T201
+        return 2
+    module = importlib.import_module(BENCHMARKS[argv[0]])
+    return int(module.main(argv[1:]) or 0)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return main(argv)

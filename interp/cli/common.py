@@ -1,0 +1,64 @@
+"""What every command-line tool of the toolkit shares: how a model is named, how errors end a run.
+
+Every CLI takes the model the same way: ``--model NAME --pretrained TAG|PATH|none`` (``none`` =
+random init, seeded by ``--seed``), plus ``--device`` and ``--dtype``. Expected failures
+(:class:`interp.errors.ClipInterpError`) end the run with one line on stderr and exit code 2, never
+a multi-page traceback; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+import torch
+
+from interp.errors import ClipInterpError
+from interp.models.loading import DEFAULT_MODEL, DEFAULT_PRETRAINED
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+EXIT_USER_ERROR = 2
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=DEFAULT_MODEL,
+                       help=f"open_clip model name, 'tiny', 'all-MiniLM-L6-v2', or a Hugging Face CLIP directory (default {DEFAULT_MODEL})")
+    group.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
+                       help="open_clip tag, checkpoint file, Hugging Face directory, 'none' for random init, or 'default': the model's reference weights (openai for open_clip models, packaged weights for all-MiniLM-L6-v2, random for tiny)")
+    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    group.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="precision of the encoder (default float32)")
+    group.add_argument("--seed", type=int, default=0, help="seed of random init and of every random draw (default 0)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+
+
+def check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ClipInterpError(f"--device {device} asked for, but torch sees no CUDA device here: use --device cpu")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    """The hooked text encoder the parsed ``--model/--pretrained/--device/--dtype/--seed`` name."""
+    from interp.models.loading import load_text_encoder
+
+    check_device(args.device)
+    pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
+    return load_text_encoder(args.model, pretrained, device=args.device, dtype=DTYPES[args.dtype], seed=args.seed)
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``; turn expected errors into one stderr line and exit code 2."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(main(argv) or 0)
+    except ClipInterpError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)  # noqa: T201 - the CLI's one-line answer
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: finished items are saved; rerun the same command to resume", file=sys.stderr)  # noqa: T201
+        return 130

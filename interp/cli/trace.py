@@ -1,0 +1,269 @@
+"""``python -m interp.trace --task existence``: causal tracing of negation, resumable, with a report.
+
+Examples::
+
+    # the reference study's setup (needs the OpenAI weights and the Visual7W images)
+    python -m interp.trace --task existence --images /data/v7w --segment correct
+    # no images: the text target (N-versus-A gap); runs offline with the packaged MiniLM
+    python -m interp.trace --task existence --model all-MiniLM-L6-v2 --target text
+    # ROME-style noise tracing, 10 seeded draws of 3 x the embedding std on the negator
+    python -m interp.trace --task existence --target text --mode noise --samples 10
+
+See docs/tracing.md for every option, the output files and the error messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from interp.cli.common import add_model_args, load_model_from_args, run_cli
+from interp.data.negation import ROLES, AlignedPair, align_pairs, load_existence_pairs
+from interp.errors import ClipInterpError
+from interp.models.loading import weights_fingerprint
+from interp.runs.rundir import RunDir, default_run_dir
+from interp.data.scoring import SEGMENT_LABELS, image_target_directions, pairwise_d, score, segments
+from interp.tracing.engine import DEFAULT_BUDGET_MB, uses_fast_path
+from interp.tracing.inputs import DIRECTIONS, MODES, NoiseConfig
+from interp.tracing.noise import DEFAULT_NOISE_ROLES, DEFAULT_NOISE_SCALE, DEFAULT_SAMPLES, embedding_std
+from interp.tracing.spec import KINDS, TraceSpec
+from interp.tracing.sweep import DEFAULT_CHUNK_ITEMS, fixed_directions, run_sweep, text_directions
+
+log = logging.getLogger("interp.trace")
+
+TOOL = "trace"
+TASKS = ("existence",)
+_SCORE_BATCH = 64
+TARGET_HELP = (
+    "pass --images DIR (a folder holding the Visual7W images VALSE existence uses), "
+    "--image-embeddings FILE (precomputed image embeddings of the same CLIP model), or --target text "
+    "(no images: trace the N-versus-A text gap; accuracy and segments are then undefined)"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m interp.trace",
+        description="Causal tracing of negation in a text encoder (negation-spec.md section 3), with a report.",
+    )
+    parser.add_argument("--task", required=True, choices=TASKS, help="the tracing task (VALSE existence minimal pairs)")
+    add_model_args(parser)
+    target = parser.add_argument_group("target (one of)")
+    target.add_argument("--images", metavar="DIR", help="folder of the items' images (embedded once, cached)")
+    target.add_argument("--image-embeddings", metavar="FILE", help="precomputed image embeddings (.npz/.safetensors/.npy)")
+    target.add_argument("--target", choices=("image", "text"), help="'text' traces the N-vs-A text gap (no images)")
+    items = parser.add_argument_group("items")
+    items.add_argument("--segment", choices=SEGMENT_LABELS, help="only items of this segment (needs images)")
+    items.add_argument("--limit", type=int, help="trace only the first N items (after --segment)")
+    items.add_argument("--valse-dir", help="folder with VALSE's existence.json (default: the packaged copy)")
+    tracing = parser.add_argument_group("tracing")
+    tracing.add_argument("--mode", choices=MODES, default="patch",
+                         help="patch: the reference study's activation patching (default); noise: ROME's Gaussian corruption")
+    tracing.add_argument("--direction", choices=DIRECTIONS, default="denoise",
+                         help="denoise: patch N (or the clean run) into A (or the corrupted run) (default); noise: the reverse")
+    tracing.add_argument("--kind", choices=KINDS, default="resid", help="patched state: residual (default), attention or MLP output")
+    tracing.add_argument("--window", type=int, default=1, help="layers patched per cell, centred as in ROME (default 1)")
+    tracing.add_argument("--noise-scale", type=float, default=DEFAULT_NOISE_SCALE,
+                         help=f"noise std in units of the token-embedding std (noise mode; default {DEFAULT_NOISE_SCALE})")
+    tracing.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help=f"seeded noise draws per item (noise mode; default {DEFAULT_SAMPLES})")
+    tracing.add_argument("--noise-roles", default=",".join(DEFAULT_NOISE_ROLES),
+                         help=f"comma-separated roles whose token embeddings get noise (noise mode; from {', '.join(ROLES)})")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", help="run directory (default results/trace/<model>/<--name or timestamp>/); rerun to resume")
+    run.add_argument("--name", help="name of the run directory under results/trace/<model>/")
+    run.add_argument("--chunk-items", type=int, default=DEFAULT_CHUNK_ITEMS,
+                     help=f"items traced together; a killed run loses at most this many (default {DEFAULT_CHUNK_ITEMS})")
+    run.add_argument("--budget-mb", type=float, default=DEFAULT_BUDGET_MB, help=f"memory budget of one batch of cells (default {DEFAULT_BUDGET_MB})")
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-figures", action="store_true", help="skip the PNG heatmaps (tables and report only)")
+    return parser
+
+
+@dataclass
+class Target:
+    kind: str  # "image" or "text"
+    source: str | None = None  # images folder or embeddings file
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def check_target_args(args: argparse.Namespace) -> Target:
+    """Validate the target options before anything slow happens."""
+    if args.images and args.image_embeddings:
+        raise ClipInterpError("--images and --image-embeddings both given: pass one of them")
+    has_images = bool(args.images or args.image_embeddings)
+    if args.target == "text" and has_images:
+        raise ClipInterpError("--target text ignores images, but images were given: drop --images/--image-embeddings or --target text")
+    if not has_images and args.target != "text":
+        raise ClipInterpError(f"no target: {TARGET_HELP}")
+    if args.segment and not has_images:
+        raise ClipInterpError(
+            f"--segment {args.segment} needs images: segments come from the image score d = S(caption) - S(foil); "
+            "pass --images DIR or --image-embeddings FILE, or drop --segment"
+        )
+    if args.limit is not None and args.limit < 1:
+        raise ClipInterpError(f"--limit {args.limit} must be at least 1")
+    if args.chunk_items < 1:
+        raise ClipInterpError(f"--chunk-items {args.chunk_items} must be at least 1")
+    if args.mode == "noise" and args.noise_scale <= 0:
+        raise ClipInterpError(f"--noise-scale {args.noise_scale} must be positive")
+    if args.images:
+        if not Path(args.images).is_dir():
+            raise ClipInterpError(f"--images {args.images} is not a folder: pass the folder holding the images, or --target text")
+        return Target("image", str(args.images))
+    if args.image_embeddings:
+        return Target("image", str(args.image_embeddings))
+    return Target("text")
+
+
+def _check_clip_like(model, target: Target, model_name: str) -> None:
+    if target.kind != "image":
+        return
+    if model.cfg.tokenizer != "clip-bpe" or not bool(torch.isfinite(model.logit_scale)):
+        raise ClipInterpError(
+            f"--model {model_name} is not a CLIP text tower (no image tower, no shared image space or logit "
+            "scale), so it cannot be scored against images: use --target text with it, or a CLIP model"
+        )
+
+
+def image_embeddings(args: argparse.Namespace, model, target: Target, files: list[str]) -> torch.Tensor:
+    """Image embeddings ``[item, d_embed]`` from a folder (image tower, cached) or a precomputed file."""
+    from interp.data.image_cache import embed_images, load_precomputed_embeddings
+    from interp.data.images import ImageDataError
+
+    try:
+        if args.image_embeddings:
+            emb = load_precomputed_embeddings(args.image_embeddings, files)
+        else:
+            from interp.models.loading import create_open_clip_model, resolve_pretrained
+
+            checkpoint = resolve_pretrained(args.model, args.pretrained)
+            full = create_open_clip_model(args.model, checkpoint, device=args.device, seed=args.seed)
+            emb = embed_images(full, args.model, checkpoint, args.images, files, device=args.device,
+                               progress=not args.no_progress)
+    except ImageDataError as err:
+        raise ClipInterpError(str(err)) from err
+    if emb.shape[1] != model.cfg.d_embed:
+        raise ClipInterpError(
+            f"image embeddings have size {emb.shape[1]} but {args.model}'s text embeddings have {model.cfg.d_embed}: "
+            "use image embeddings of the same CLIP model"
+        )
+    return emb.to(model.device, model.dtype)
+
+
+@torch.no_grad()
+def clean_d(model, items: Sequence[AlignedPair], directions: torch.Tensor) -> np.ndarray:
+    """``d = S(caption) - S(foil)`` per item (fixed batches over the whole list: deterministic)."""
+    out = []
+    for start in range(0, len(items), _SCORE_BATCH):
+        chunk = items[start:start + _SCORE_BATCH]
+        dirs = directions[start:start + _SCORE_BATCH]
+        s_caption = score(model([a.pair.caption for a in chunk]), dirs)
+        s_foil = score(model([a.pair.foil for a in chunk]), dirs)
+        out.append(pairwise_d(s_caption, s_foil).double().cpu())
+    return torch.cat(out).numpy()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    target = check_target_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model_from_args(args)
+    _check_clip_like(model, target, args.model)
+    spec = TraceSpec(model.cfg.n_layers, args.kind, args.window)
+
+    try:
+        existence = load_existence_pairs(valid_only=True, data_dir=args.valse_dir)
+    except (OSError, ValueError) as err:
+        raise ClipInterpError(f"cannot load VALSE existence ({err}): pass --valse-dir DIR holding existence.json") from err
+    aligned, rejected = align_pairs(existence.pairs, model.tokenizer)
+    if not aligned:
+        raise ClipInterpError(f"no item could be token-aligned with {args.model}'s tokenizer (first reason: {rejected[0].reason})")
+
+    d_all: np.ndarray | None = None
+    seg_all: np.ndarray | None = None
+    if target.kind == "image":
+        emb = image_embeddings(args, model, target, [a.pair.image_file for a in aligned])
+        dirs_all = image_target_directions(emb, model.logit_scale)
+        d_all = clean_d(model, aligned, dirs_all)
+        seg_all = segments(d_all)
+        directions = fixed_directions(dirs_all)
+        target.settings = {"image_embeddings_sha256": _tensor_digest(emb)}  # the folder/file path is info only
+    else:
+        directions = text_directions(model)
+
+    selected = list(range(len(aligned)))
+    out_of_segment = []
+    if args.segment:
+        out_of_segment = [i for i in selected if seg_all[i] != args.segment]
+        selected = [i for i in selected if seg_all[i] == args.segment]
+        if not selected:
+            raise ClipInterpError(f"no item falls in segment {args.segment!r} with this model and these images")
+    beyond_limit = selected[args.limit:] if args.limit is not None else []
+    selected = selected[: args.limit] if args.limit is not None else selected
+
+    noise = None
+    noise_info: dict[str, Any] = {}
+    if args.mode == "noise":
+        roles = tuple(r.strip() for r in args.noise_roles.split(",") if r.strip())
+        std = embedding_std(model, [t for a in aligned for t in (a.tokens_negated, a.tokens_affirmative)])
+        noise = NoiseConfig(std=args.noise_scale * std, samples=args.samples, roles=roles, seed=args.seed)
+        noise_info = {"noise_scale": args.noise_scale, "embedding_std": std, "noise_std": noise.std,
+                      "samples": args.samples, "noise_roles": list(roles)}
+
+    settings = {
+        "task": args.task, "model": args.model, "pretrained": model.cfg.pretrained,
+        "weights_fingerprint": weights_fingerprint(model), "dtype": args.dtype, "seed": args.seed,
+        "target": target.kind, **target.settings, "segment": args.segment, "mode": args.mode,
+        "direction": args.direction, "kind": args.kind, "window": args.window, **noise_info,
+    }
+    info = {"argv": list(sys.argv[1:] if argv is None else argv), "device": args.device, "limit": args.limit,
+            "image_source": target.source,
+            "chunk_items": args.chunk_items, "budget_mb": args.budget_mb, "threads": torch.get_num_threads(),
+            "fast_path": uses_fast_path(model), "args": vars(args)}
+    out = Path(args.out) if args.out else default_run_dir(TOOL, args.model, args.name)
+    run = RunDir(out, TOOL, settings, info)
+    log.info("run directory %s (%s)", run.path, "resuming" if run.resumed else "new")
+
+    items = [aligned[i] for i in selected]
+    stats = run_sweep(
+        model, items, lambda chunk, idx: directions(chunk, [selected[k] for k in idx]), run.items, spec,
+        mode=args.mode, direction=args.direction, noise=noise,
+        segments=None if seg_all is None else [seg_all[i] for i in selected],
+        d_values=None if d_all is None else [float(d_all[i]) for i in selected],
+        chunk_items=args.chunk_items, budget_mb=args.budget_mb, progress=not args.no_progress,
+    )
+    from interp.cli.trace_report import RunContext, write_outputs
+
+    context = RunContext(
+        model=model, args=args, spec=spec, target=target, counts=existence.counts,
+        exclusions=[(e.item_id, e.reason) for e in existence.exclusions],
+        rejected=[(r.pair.item_id, r.reason) for r in rejected],
+        out_of_segment=[aligned[i].pair.item_id for i in out_of_segment],
+        beyond_limit=[aligned[i].pair.item_id for i in beyond_limit],
+        item_ids=[a.pair.item_id for a in items], stats=stats, settings=settings, noise_info=noise_info,
+        d_all=d_all, sides_all=[a.pair.negation_side for a in aligned],
+    )
+    written = write_outputs(run, context, figures=not args.no_figures)
+    log.info("wrote %d files to %s (%d items traced now, %d resumed) in %.1f s",
+             len(written), run.path, stats.items_computed, stats.items_skipped, stats.seconds)
+    return 0
+
+
+def _tensor_digest(tensor: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(tensor.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Entry point with the toolkit's error handling (one line on stderr, exit code 2)."""
+    return run_cli(main, argv)

@@ -1,0 +1,258 @@
+"""``HookedTextEncoder``: a transformer text encoder with every activation readable and writable.
+
+One class serves CLIP's text tower (causal, pre-LN, pooled at EOT, projected) and BERT-family
+sentence encoders (bidirectional, post-LN, mean-pooled); the :class:`TextEncoderConfig` says which.
+Converters in :mod:`interp.models.convert` fill it from open_clip, Hugging Face CLIP or BERT weights, and
+tests prove the outputs equal the originals.
+
+The state the causal analyses patch is the residual stream "at layer l": l = 0 is the embedding
+output, l = 1..L the output of block l (before ln_final). :meth:`resid_hook_name` names it, and
+``forward(start_at_layer=l, residual=...)`` resumes from it, so a patching sweep recomputes only
+the layers after the patch.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from interp.models.components import Embed, LayerNorm, TransformerBlock
+from interp.models.config import TextEncoderConfig
+from interp.models.tokenization import TextTokenizer, TokenBatch
+
+TextInput = str | Sequence[str] | TokenBatch | Int[Tensor, "batch pos"]
+
+
+class HookedTextEncoder(HookedRootModule):
+    """A hooked transformer text encoder (CLIP text tower or BERT-family sentence encoder).
+
+    Args:
+        cfg: sizes and switches (read from a checkpoint by :mod:`interp.models.convert`).
+        tokenizer: turns texts into :class:`TokenBatch` es; optional when you pass token ids.
+        init: fill weights with a random init; converters pass False and load real weights.
+
+    Calling the model returns the sentence embedding ``[batch, d_embed]`` (projected, and
+    normalised only if ``cfg.normalize_output``). See :meth:`forward` for partial runs.
+    """
+
+    def __init__(self, cfg: TextEncoderConfig, tokenizer: TextTokenizer | None = None, init: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.embed = Embed(cfg)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = LayerNorm(cfg.d_model, cfg.eps) if cfg.has_final_ln else None
+        self.hook_pooled = HookPoint()  # [batch, d_model]
+        self.W_proj = nn.Parameter(torch.empty(cfg.d_model, cfg.d_embed)) if cfg.has_projection else None
+        self.b_proj = nn.Parameter(torch.zeros(cfg.d_embed)) if cfg.projection_bias else None
+        self.hook_embedding = HookPoint()  # [batch, d_embed]
+        # log of CLIP's temperature (S = exp(logit_scale) * cos); None for encoders without one.
+        self.register_buffer("logit_scale", torch.tensor(float("nan")))
+        if init:
+            self.init_weights()
+        self.setup()
+
+    # ------------------------------------------------------------------ construction
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None, std: float = 0.02) -> None:
+        """Random init (normal, std 0.02; LayerNorm w = 1, b = 0). For tests and smoke runs only:
+        random towers of real models come from open_clip's own init via :mod:`interp.models.loading`."""
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        for name, param in self.named_parameters():
+            if name.endswith((".w",)) and param.ndim == 1:
+                param.fill_(1.0)
+            elif param.ndim == 1:
+                param.zero_()
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Compute per-head outputs at ``blocks.{l}.attn.hook_result`` (n_heads x the memory)."""
+        self.cfg.use_attn_result = use_attn_result
+
+    def _apply(self, fn, *args, **kwargs):  # every .to()/.cuda()/.half() ends here
+        module = super()._apply(fn, *args, **kwargs)
+        self.cfg.device = str(self.embed.W_E.device)
+        return module
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.W_E.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.W_E.dtype
+
+    # ------------------------------------------------------------------ tokens
+    def _require_tokenizer(self) -> TextTokenizer:
+        if self.tokenizer is None:
+            raise ValueError(
+                "this encoder has no tokenizer: pass token ids or a TokenBatch, or build it with "
+                "interp.load_text_encoder(...)"
+            )
+        return self.tokenizer
+
+    def to_tokens(self, texts: str | Sequence[str], *, truncate: bool = False) -> TokenBatch:
+        """Tokenize texts into a batch trimmed to the longest text when that cannot change the
+        output (``cfg.trims_to_longest``), else padded to the full context."""
+        pad_to = "longest" if self.cfg.trims_to_longest else "context"
+        return self._require_tokenizer()(texts, pad_to=pad_to, truncate=truncate)
+
+    def to_str_tokens(self, text: str) -> list[str]:
+        return self._require_tokenizer().str_tokens(text)
+
+    def _as_batch(self, tokens: TextInput) -> TokenBatch:
+        if isinstance(tokens, TokenBatch):
+            batch = tokens
+        elif isinstance(tokens, Tensor):
+            batch = self._batch_from_ids(tokens)
+        else:
+            batch = self.to_tokens(tokens)
+        return batch.to(self.device)
+
+    def _batch_from_ids(self, ids: Int[Tensor, "batch pos"]) -> TokenBatch:
+        if ids.ndim == 1:
+            ids = ids.unsqueeze(0)
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"token ids must be an integer tensor, got {ids.dtype}")
+        pad_id = self.tokenizer.pad_id if self.tokenizer is not None else 0
+        if self.cfg.pool in ("argmax", "eos"):
+            pool_index = self._pool_positions(ids)
+            mask = torch.arange(ids.shape[1], device=ids.device) <= pool_index.unsqueeze(1)
+        else:
+            mask = ids != pad_id
+            pool_index = mask.sum(-1) - 1
+        return TokenBatch(ids, mask, pool_index, torch.zeros_like(ids), texts=[""] * ids.shape[0])
+
+    def _pool_positions(self, ids: Int[Tensor, "batch pos"]) -> Int[Tensor, " batch"]:
+        if self.cfg.pool == "argmax":  # open_clip: EOT has the largest id; first maximum wins
+            return ids.argmax(dim=-1)
+        return (ids == self.cfg.eos_token_id).int().argmax(dim=-1)
+
+    # ------------------------------------------------------------------ forward
+    def attention_mask(self, batch: TokenBatch) -> Float[Tensor, "batch_or_1 1 pos_or_1 pos"]:
+        """Additive mask: causal (-inf above the diagonal, as open_clip's attn_mask), or -inf on
+        padded keys for a bidirectional encoder."""
+        n_pos = batch.tokens.shape[1]
+        if self.cfg.causal:
+            mask = torch.full((n_pos, n_pos), float("-inf"), device=self.device, dtype=self.dtype)
+            return mask.triu(1)[None, None]
+        keep = batch.attention_mask.to(self.device)
+        mask = torch.zeros(keep.shape, device=self.device, dtype=self.dtype)
+        return mask.masked_fill(~keep, float("-inf"))[:, None, None, :]
+
+    def forward(
+        self,
+        tokens: TextInput,
+        *,
+        start_at_layer: int | None = None,
+        residual: Float[Tensor, "batch pos d_model"] | None = None,
+        stop_at_layer: int | None = None,
+    ) -> Float[Tensor, "batch d_embed"] | Float[Tensor, "batch pos d_model"]:
+        """Run the encoder, whole or in part.
+
+        Args:
+            tokens: texts, a :class:`TokenBatch`, or token ids ``[batch, pos]``. Always needed: the
+                pooling position and the padding mask come from it.
+            start_at_layer: resume at block ``l`` from ``residual`` (the state entering block l,
+                ``[batch, pos, d_model]``); embeddings are skipped.
+            residual: the state to resume from (required with ``start_at_layer``).
+            stop_at_layer: stop before block ``l`` and return the residual ``[batch, pos, d_model]``
+                (``l = n_layers``: after the last block, before ln_final).
+
+        Returns:
+            The sentence embedding ``[batch, d_embed]``, or the residual when ``stop_at_layer`` is set.
+        """
+        batch = self._as_batch(tokens)
+        start, stop = self._check_layer_range(start_at_layer, stop_at_layer)
+        if start_at_layer is None:
+            x = self.embed(batch.tokens, batch.token_type_ids)
+        else:
+            if residual is None:
+                raise ValueError("start_at_layer needs residual=[batch, pos, d_model], the state entering that block")
+            if residual.shape[:2] != batch.tokens.shape:
+                raise ValueError(
+                    f"residual has batch x pos {tuple(residual.shape[:2])} but the tokens are "
+                    f"{tuple(batch.tokens.shape)}: pass the TokenBatch the residual was computed from"
+                )
+            x = residual
+        mask = self.attention_mask(batch)
+        for block in self.blocks[start:stop]:
+            x = block(x, mask)
+        if stop_at_layer is not None:
+            return x
+        return self.pool_and_project(x, batch)
+
+    def _check_layer_range(self, start: int | None, stop: int | None) -> tuple[int, int]:
+        n = self.cfg.n_layers
+        start_i = 0 if start is None else start
+        stop_i = n if stop is None else stop
+        if not 0 <= start_i <= n:
+            raise ValueError(f"start_at_layer={start} is outside 0..{n}")
+        if not 0 <= stop_i <= n:
+            raise ValueError(f"stop_at_layer={stop} is outside 0..{n}")
+        if start_i > stop_i:
+            raise ValueError(f"start_at_layer={start} is after stop_at_layer={stop}")
+        return start_i, stop_i
+
+    def pool_and_project(
+        self, resid: Float[Tensor, "batch pos d_model"], batch: TokenBatch
+    ) -> Float[Tensor, "batch d_embed"]:
+        """ln_final (if any), pooling, projection (if any), normalisation (if configured)."""
+        x = self.ln_final(resid) if self.ln_final is not None else resid
+        pooled = self.hook_pooled(self._pool(x, batch))
+        out = pooled @ self.W_proj if self.W_proj is not None else pooled
+        if self.b_proj is not None:
+            out = out + self.b_proj
+        if self.cfg.normalize_output:
+            out = F.normalize(out, dim=-1)
+        return self.hook_embedding(out)
+
+    def _pool(self, x: Float[Tensor, "batch pos d_model"], batch: TokenBatch) -> Float[Tensor, "batch d_model"]:
+        pool = self.cfg.pool
+        rows = torch.arange(x.shape[0], device=x.device)
+        if pool in ("argmax", "eos"):
+            return x[rows, self._pool_positions(batch.tokens)]
+        if pool == "first":
+            return x[:, 0]
+        if pool == "last":
+            return x[:, -1]
+        # mean over real tokens (sentence-transformers: sum(x * mask) / max(count, 1e-9))
+        keep = batch.attention_mask.to(x.device).unsqueeze(-1).to(x.dtype)
+        return (x * keep).sum(1) / keep.sum(1).clamp(min=1e-9)
+
+    # ------------------------------------------------------------------ hooks and caches
+    def resid_hook_name(self, layer: int) -> str:
+        """Name of the residual state at ``layer`` (0 = embedding output; L = after the last
+        block, before ln_final), i.e. the state that ``forward(start_at_layer=layer)`` resumes from."""
+        n = self.cfg.n_layers
+        if not 0 <= layer <= n:
+            raise ValueError(f"layer {layer} is outside 0..{n}")
+        if layer < n:
+            return f"blocks.{layer}.hook_resid_pre"
+        last = "hook_normalized_resid_post" if self.cfg.norm == "post" else "hook_resid_post"
+        return f"blocks.{n - 1}.{last}"
+
+    def run_with_cache(self, *model_args, **kwargs) -> tuple[Tensor, ActivationCache]:  # type: ignore[override]
+        """Run and cache activations; returns (output, transformer_lens ``ActivationCache``)."""
+        out, cache_dict = super().run_with_cache(*model_args, **kwargs)
+        has_batch = not kwargs.get("remove_batch_dim", False)
+        return out, ActivationCache(cache_dict, self, has_batch_dim=has_batch)
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return (
+            f"{c.model_name} ({c.pretrained or 'random init'}): {c.n_layers} layers, d_model {c.d_model}, "
+            f"{c.n_heads} heads, act {c.act_fn}, {'causal' if c.causal else 'bidirectional'}, "
+            f"{c.norm}-LN, pool {c.pool}, d_embed {c.d_embed}"
+        )
+
+
+# The same class is CLIP's hooked text tower; the name is kept for readers of the CLIP papers.
+HookedCLIPTextEncoder = HookedTextEncoder

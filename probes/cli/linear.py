@@ -1,0 +1,266 @@
+"""``python -m probes.linear --task existence``: controlled probes for "this sentence is negated".
+
+Data: the VALSE existence minimal pairs (negation-spec.md §1), token-aligned by the model's own
+tokenizer; each pair gives a negated sentence N (label 1) and its affirmative A (label 0), grouped by
+item so a pair never straddles CV folds. Per role (negator slot, first subject token, period, the
+encoder's pooled read-out, ...) and layer: accuracy, control accuracy, selectivity. The direction of
+the chosen (role, layer) is then checked causally: removed from N and added to A at that layer
+through a hook, with the text target score ``cos(x, e_N) - cos(x, e_A)`` (or CLIP's S with images).
+
+Writes ``config.json``, ``versions.json``, ``probe.csv`` (one row per role x layer), ``directions.csv``
++ ``directions.npz`` (the exported directions), ``causal.csv`` (one row per sentence x direction
+kind), ``rejected.csv`` (pairs that could not be token-aligned), ``figures/`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from interp.cli.common import add_model_args, load_model_from_args, run_cli
+from probes.ideal_words.analysis import is_random_init, model_label
+from probes.linear.probe import (
+    DEFAULT_C,
+    DEFAULT_FOLDS,
+    ProbeError,
+    causal_check,
+    collect_role_features,
+    fit_direction,
+    probe_layers,
+)
+from probes.cli.report import ReportDir, markdown_table, pyplot, versions
+
+log = logging.getLogger(__name__)
+
+POOLED = "pooled"
+DEFAULT_ROLES = ("negator", "first_subject", "period", POOLED)
+TASKS = ("existence",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m probes.linear", description=__doc__.split("\n\n")[0])
+    add_model_args(p)
+    p.add_argument("--task", required=True, choices=TASKS, help="probing task (existence: negated vs affirmative)")
+    p.add_argument("--roles", default=",".join(DEFAULT_ROLES),
+                   help="comma-separated token roles to probe (SOT, there, is/are, negator, first_subject, "
+                        f"further, period, EOT, {POOLED} = the encoder's own pooling); default %(default)s")
+    p.add_argument("--layers", default="all", help="residual states to probe: 'all' or e.g. 0,2,4 (default all)")
+    p.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="grouped CV folds (default %(default)s)")
+    p.add_argument("--controls", type=int, default=1, help="control-label draws to average (default 1)")
+    p.add_argument("--control", choices=("permuted", "type"), default="permuted",
+                   help="control task: permuted labels, or one random label per token type at the probed "
+                        "position (Hewitt & Liang); default permuted")
+    p.add_argument("--C", type=float, default=DEFAULT_C, help="inverse L2 strength of the probe (default 1)")
+    p.add_argument("--causal-role", default=POOLED, help="role whose direction is checked causally (default pooled)")
+    p.add_argument("--causal-layer", default="best",
+                   help="layer of the causal check: 'best' (highest selectivity of --causal-role) or a number")
+    p.add_argument("--images", metavar="DIR", help="Visual7W images: score with CLIP's S instead of the text target")
+    p.add_argument("--limit", type=int, help="use only the first N aligned pairs (smoke runs)")
+    p.add_argument("--data-dir", help="folder holding VALSE existence.json (default: the toolkit's lookup order)")
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default 64)")
+    p.add_argument("--out", required=True, type=Path, help="report directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    return p
+
+
+def _parse_layers(spec: str, n_layers: int) -> list[int]:
+    if spec == "all":
+        return list(range(n_layers + 1))
+    try:
+        layers = sorted({int(x) for x in spec.split(",")})
+    except ValueError as exc:
+        raise ProbeError(f"--layers {spec!r} is not 'all' or comma-separated integers") from exc
+    bad = [x for x in layers if not 0 <= x <= n_layers]
+    if bad:
+        raise ProbeError(f"--layers {bad} outside 0..{n_layers} (the model has {n_layers} blocks)")
+    return layers
+
+
+def existence_samples(model: Any, data_dir: str | None, limit: int | None):
+    """Aligned pairs -> (texts [2n], labels, groups, aligned pairs, rejected table)."""
+    from interp.data.negation import align_pairs, load_existence_pairs
+
+    pairs = load_existence_pairs(data_dir=data_dir)
+    aligned, rejected = align_pairs(pairs.pairs, model.tokenizer)
+    if limit is not None:
+        aligned = aligned[:limit]
+    if len(aligned) < 4:
+        raise ProbeError(f"only {len(aligned)} token-aligned pairs: need at least 4 (check --limit)")
+    texts, labels, groups = [], [], []
+    for a in aligned:
+        texts += [a.pair.negated, a.pair.affirmative]
+        labels += [1, 0]
+        groups += [a.pair.item_id] * 2
+    rej = pd.DataFrame([{"item_id": r.pair.item_id, "reason": r.reason} for r in rejected],
+                       columns=["item_id", "reason"])
+    return texts, np.array(labels), np.array(groups), aligned, rej
+
+
+def _role_positions(aligned: Sequence[Any], role: str) -> list[list[int]]:
+    out = []
+    for a in aligned:
+        pos = list(a.positions(role))
+        out += [pos, pos]  # N and A share roles
+    return out
+
+
+def _score_fn(model: Any, args: argparse.Namespace, texts: list[str], aligned: Sequence[Any]):
+    """(score function over final embeddings in ``texts`` order, target description)."""
+    from interp.data.scoring import image_target_directions, score, text_target_directions
+    from probes.embeddings import encode_texts
+
+    if args.images:
+        from probes.embeddings import embed_image_files
+
+        img = embed_image_files(args.model, args.pretrained, args.images, [a.pair.image_file for a in aligned],
+                                device=args.device, batch_size=args.batch_size)
+        direction = image_target_directions(img.double(), model.logit_scale.double()).repeat_interleave(2, 0)
+        target = "image: S = exp(logit_scale) * cos(text, image)"
+    else:
+        e = encode_texts(model, texts, batch_size=args.batch_size).final.double()
+        direction = text_target_directions(e[0::2], e[1::2]).repeat_interleave(2, 0)
+        target = "text: cos(x, e_N) - cos(x, e_A) of the sentence's own pair"
+
+    def fn(emb: torch.Tensor) -> torch.Tensor:
+        return score(emb.double(), direction)
+
+    return fn, target
+
+
+def run(args: argparse.Namespace) -> Path:
+    model = load_model_from_args(args)
+    layers = _parse_layers(args.layers, model.cfg.n_layers)
+    roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+    if args.causal_role not in roles:
+        raise ProbeError(f"--causal-role {args.causal_role!r} is not among --roles {roles}")
+    texts, labels, groups, aligned, rejected = existence_samples(model, args.data_dir, args.limit)
+    positions = {r: (None if r == POOLED else _role_positions(aligned, r)) for r in roles}
+    log.info("%s: %d pairs, roles %s, layers %s", model_label(model), len(aligned), roles, layers)
+    feats = collect_role_features(model, texts, positions, layers=layers, batch_size=args.batch_size, progress=True)
+
+    probe_rows, dir_rows, directions = [], [], {}
+    for role in roles:
+        keep = np.ones(len(texts), dtype=bool) if positions[role] is None else \
+            np.array([len(p) > 0 for p in positions[role]])
+        if keep.sum() < 2 * args.folds:
+            log.warning("role %s: only %d sentences have it; skipped", role, keep.sum())
+            continue
+        types = None
+        if args.control == "type":
+            if positions[role] is None:
+                raise ProbeError("--control type needs token positions: it is undefined for the pooled role")
+            tok = model.to_tokens(texts).tokens
+            types = [int(tok[j, positions[role][j][0]]) for j in np.flatnonzero(keep)]
+        rows = probe_layers(feats[role][:, keep], labels[keep], groups[keep], n_folds=args.folds, C=args.C,
+                            seed=args.seed, n_controls=args.controls, control_types=types, layers=layers)
+        probe_rows += [{"role": role, **r} for r in rows]
+        for i, layer in enumerate(layers):
+            d = fit_direction(feats[role][i, keep], labels[keep], C=args.C, layer=layer, role=role)
+            directions[f"{role}/L{layer}"] = d.direction.numpy()
+            dir_rows.append({"role": role, "layer": layer, "mean_pos": d.mean_pos, "mean_neg": d.mean_neg,
+                             "gap": d.gap, "train_accuracy": d.train_accuracy})
+    probe_df, dir_df = pd.DataFrame(probe_rows), pd.DataFrame(dir_rows)
+    if probe_df.empty:
+        raise ProbeError("no role had enough sentences to probe")
+
+    sub = probe_df[probe_df["role"] == args.causal_role]
+    if sub.empty:
+        raise ProbeError(f"--causal-role {args.causal_role!r} was skipped (too few sentences have it)")
+    causal_layer = int(sub.loc[sub["selectivity"].idxmax(), "layer"]) if args.causal_layer == "best" \
+        else int(args.causal_layer)
+    if causal_layer not in layers:
+        raise ProbeError(f"--causal-layer {causal_layer} is not among the probed --layers {layers}")
+    i = layers.index(causal_layer)
+    cpos = positions[args.causal_role]
+    if cpos is not None and not all(len(p) for p in cpos):
+        raise ProbeError(f"--causal-role {args.causal_role!r} is missing in some sentences: choose a role every "
+                         "sentence has (negator, first_subject, period, EOT, pooled)")
+    probe = fit_direction(feats[args.causal_role][i], labels, C=args.C, layer=causal_layer, role=args.causal_role)
+    score_fn, target = _score_fn(model, args, texts, aligned)
+    causal = pd.DataFrame(causal_check(model, texts, labels, probe, score_fn, positions[args.causal_role],
+                                       seed=args.seed, batch_size=args.batch_size))
+    causal.insert(0, "item_id", groups[causal["sample"].to_numpy()])
+    causal.insert(1, "negation_side", np.repeat([a.pair.negation_side for a in aligned], 2)[causal["sample"].to_numpy()])
+    causal.insert(2, "text", [texts[s] for s in causal["sample"]])
+
+    config = {
+        "command": "python -m probes.linear",
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "model": {"label": model_label(model), "random_init": is_random_init(model), "config": model.cfg.to_dict()},
+        "n_pairs": len(aligned), "n_rejected": len(rejected), "layers": layers, "roles": roles,
+        "causal": {"role": args.causal_role, "layer": causal_layer, "target": target,
+                   "shift": "class-mean gap along the unit probe direction; removed from N, added to A",
+                   "control": "random unit direction, same shift"},
+    }
+    with ReportDir(args.out, overwrite=args.overwrite) as rep:
+        rep.json(config, "config.json")
+        rep.json(versions(), "versions.json")
+        rep.table(probe_df, "probe")
+        rep.table(dir_df, "directions")
+        np.savez(rep.path("directions.npz"), **directions)
+        rep.table(causal, "causal")
+        rep.table(rejected, "rejected")
+        draw_figures(rep, probe_df, causal)
+        rep.text(render_markdown(config, probe_df, causal), "report.md")
+    return args.out
+
+
+def causal_summary(causal: pd.DataFrame) -> pd.DataFrame:
+    return (causal.groupby(["direction", "intervention"])
+            .agg(n=("change", "size"), mean_change=("change", "mean"), mean_abs_change=("change", lambda s: s.abs().mean()),
+                 sign_flip_rate=("sign_flipped", "mean"), mean_score_clean=("score_clean", "mean"))
+            .reset_index())
+
+
+def draw_figures(rep: ReportDir, probe_df: pd.DataFrame, causal: pd.DataFrame) -> None:
+    plt, sns = pyplot()
+    long = probe_df.melt(id_vars=["role", "layer"], value_vars=["accuracy", "control_accuracy", "selectivity"],
+                         var_name="measure")
+    g = sns.relplot(data=long, x="layer", y="value", hue="role", col="measure", kind="line", marker="o", height=3.5)
+    for ax in g.axes.flat:
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    rep.figure(g.figure, "probe_by_layer")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.stripplot(data=causal, x="intervention", y="change", hue="direction", dodge=True, size=3, alpha=0.6, ax=ax)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_title("score change when the direction is removed (N) / added (A)")
+    rep.figure(fig, "causal")
+
+
+def render_markdown(config: dict[str, Any], probe_df: pd.DataFrame, causal: pd.DataFrame) -> str:
+    m = config["model"]
+    lines = ["# Linear probe report: existence (negated vs affirmative)", "",
+             f"**Model:** {m['label']}" + ("  (random weights: no number here is a result about a trained model)"
+                                           if m["random_init"] else ""), "",
+             f"{config['n_pairs']} token-aligned VALSE existence pairs ({config['n_rejected']} rejected, see "
+             "rejected.csv); each pair gives one negated (label 1) and one affirmative (label 0) sentence; "
+             f"grouped {probe_df['n_folds'].iloc[0]}-fold CV by item; control = {probe_df['control'].iloc[0]} labels; "
+             "selectivity = accuracy - control accuracy.", "", "## Selectivity per role and layer", ""]
+    piv = probe_df.pivot_table(index="role", columns="layer", values="selectivity")
+    piv.columns = [f"L{c}" for c in piv.columns]
+    lines += [markdown_table(piv.reset_index()), "", "## Accuracy per role and layer", ""]
+    piv = probe_df.pivot_table(index="role", columns="layer", values="accuracy")
+    piv.columns = [f"L{c}" for c in piv.columns]
+    lines += [markdown_table(piv.reset_index()), "", "![probes](figures/probe_by_layer.png)", ""]
+    c = config["causal"]
+    lines += [f"## Causal check: role {c['role']}, layer {c['layer']}", "",
+              f"Target: {c['target']}. Shift: {c['shift']}; control: {c['control']}.", "",
+              markdown_table(causal_summary(causal)), "", "![causal](figures/causal.png)", "",
+              "Tables: probe.csv, directions.csv (+ directions.npz), causal.csv, rejected.csv; config.json and "
+              "versions.json beside them."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    run(build_parser().parse_args(argv))
+    return 0
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    return run_cli(main, argv)
