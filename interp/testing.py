@@ -128,3 +128,82 @@ def build_negator_selective_encoder(**kwargs) -> PlantedEncoder:
     attn.W_K[planted.copy_head, NEG_DIM, 0] = 1.0
     planted.model.cfg.model_name = "planted-negator-selective"
     return planted
+
+
+# ----------------------------------------------------------------------------- image side
+
+# Residual dimensions of the planted image encoder.
+RED_DIM = 0  # how red a patch is (read by the planted head's keys and values)
+OUT_DIM = 1  # where the planted head writes
+CLS_DIM = 2  # marks the class token (keeps its ln_post scale away from zero)
+
+
+@dataclass
+class PlantedImageEncoder:
+    """A planted image tower and the facts a test may assert (layers, heads 0-indexed)."""
+
+    model: "HookedImageEncoder"  # noqa: F821 - imported lazily below
+    head_layer: int
+    head: int  # the one head that writes: the class token reads the reddest patch into OUT_DIM
+    idle_head: int  # a head at head_layer with values but W_O = 0: exactly no effect
+    out_direction: torch.Tensor  # [d_embed]: the embedding direction the planted head writes
+
+
+@torch.no_grad()
+def build_planted_image_encoder(
+    n_layers: int = 3,
+    head_layer: int = 1,
+    n_heads: int = 2,
+    head: int = 0,
+    d_model: int = 16,
+    image_size: int = 32,
+    patch_size: int = 8,
+    attention_gain: float = 40.0,
+    seed: int = 0,
+) -> PlantedImageEncoder:
+    """A tiny ViT in which exactly one head writes, along a known direction.
+
+    The patch embedding puts each patch's redness (red minus green and blue) in ``RED_DIM``; the
+    class token carries ``CLS_DIM``; the other dimensions hold random content. At ``head_layer``,
+    head ``head`` has a constant query and keys that read ``RED_DIM``, so every query (the class
+    token among them) attends to the reddest patch; its value reads ``RED_DIM`` and ``W_O`` writes
+    it to ``OUT_DIM``. Every other head and MLP has zero output weights, so it provably does
+    nothing, and the projection is the identity. Hence, for an image with one red square on grey,
+    the embedding's ``OUT_DIM`` says "red square here", only the planted head carries it, and only
+    the square's patch (before ``head_layer``) or the class token (after) restores it.
+    """
+    from interp.models.image_config import ImageEncoderConfig
+    from interp.models.image_encoder import HookedImageEncoder
+
+    if not 0 <= head_layer < n_layers or not 0 <= head < n_heads or n_heads < 2:
+        raise ValueError(f"need n_heads >= 2, head_layer in 0..{n_layers - 1}, head in 0..{n_heads - 1}")
+    cfg = ImageEncoderConfig(
+        n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_mlp=2 * d_model,
+        image_size=(image_size, image_size), patch_size=(patch_size, patch_size), d_embed=d_model,
+        act_fn="gelu", model_name="planted-red-square", pretrained=f"hand-built (seed {seed})",
+    )
+    model = HookedImageEncoder(cfg)
+    for param in model.parameters():
+        param.zero_()
+    generator = torch.Generator().manual_seed(seed)
+    content = slice(CLS_DIM + 1, d_model)
+    n_content = d_model - CLS_DIM - 1
+    area = patch_size * patch_size
+    model.embed.W_patch[RED_DIM, 0] = 4.0 / area
+    model.embed.W_patch[RED_DIM, 1:] = -2.0 / area
+    model.embed.W_patch[content] = torch.randn(n_content, 3, patch_size, patch_size, generator=generator) / area
+    model.embed.class_embedding[CLS_DIM] = 3.0
+    model.embed.W_pos[:, content] = 0.5 * torch.randn(cfg.n_pos, n_content, generator=generator)
+    for layer_norm in [model.ln_pre, model.ln_post, *(b.ln1 for b in model.blocks), *(b.ln2 for b in model.blocks)]:
+        layer_norm.w.fill_(1.0)
+    attn = model.blocks[head_layer].attn
+    attn.b_Q[head, 0] = attention_gain
+    attn.W_K[head, RED_DIM, 0] = 1.0
+    attn.W_V[head, RED_DIM, 0] = 1.0
+    attn.W_O[head, 0, OUT_DIM] = 4.0
+    idle_head = (head + 1) % n_heads
+    attn.W_V[idle_head] = torch.randn(d_model, cfg.d_head, generator=generator)
+    model.W_proj.copy_(torch.eye(d_model))
+    out_direction = torch.zeros(d_model)
+    out_direction[OUT_DIM] = 1.0
+    return PlantedImageEncoder(model.eval(), head_layer, head, idle_head, out_direction)
