@@ -245,7 +245,7 @@ def draw_figures(results: Results, cfg, folder: Path) -> list[Path]:
         sns.heatmap(mean.to_numpy().reshape(rows, cols), ax=ax, cmap="Purples", vmin=0, vmax=1, cbar=False,
                     xticklabels=False, yticklabels=False)
         ax.set_title(f"layer {layer}", fontsize=8)
-    fig.suptitle("causal tracing: recovered fraction per patch (0 white, 1 dark)", fontsize=10)
+    fig.suptitle("causal tracing: recovered fraction per patch (0 white, 1 dark)", fontsize=10, y=1.03)
     paths.append(save_figure(fig, folder / "tracing_grid.png"))
     plt.close(fig)
     return paths

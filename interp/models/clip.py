@@ -79,6 +79,29 @@ def _check_not_text_only(name: str) -> None:
         )
 
 
+def _check_open_clip_config(name: str) -> None:
+    """Refuse towers the hooked encoder cannot represent from the model config, before building
+    (building a ResNet or timm tower only to refuse it would waste the user's time)."""
+    from interp.models.compat import import_open_clip
+    from interp.models.loading import TINY
+
+    if name == TINY:
+        return
+    config = import_open_clip().get_model_config(name) or {}
+    vision = config.get("vision_cfg", {})
+    what = None
+    if isinstance(vision.get("layers"), (list, tuple)):
+        what = "a ModifiedResNet image tower (RN50-style)"
+    elif vision.get("timm_model_name"):
+        what = f"a timm image tower ({vision['timm_model_name']})"
+    elif vision.get("hf_model_name"):
+        what = f"a Hugging Face image tower inside open_clip ({vision['hf_model_name']})"
+    elif vision.get("attentional_pool"):
+        what = "an attentional-pooling image tower (CoCa-style attn_pool)"
+    if what is not None:
+        raise UnsupportedTowerError(f"{name}: {what} is not supported; supported image towers: {SUPPORTED_TOWERS}")
+
+
 def _build_image(cfg: ImageEncoderConfig, sd: dict[str, Tensor], device: Any, dtype: torch.dtype) -> HookedImageEncoder:
     encoder = HookedImageEncoder(cfg, init=False)
     result = encoder.load_state_dict(sd, strict=False)
@@ -125,6 +148,7 @@ def _source(name: Any, pretrained: Any, seed: int) -> tuple[str, nn.Module, str 
     if not _is_random(pretrained) and _is_hf_directory(Path(str(pretrained))):
         return "hf", _load_hf(str(pretrained), name), str(pretrained)
     pretrained = resolve_pretrained(name, pretrained)
+    _check_open_clip_config(name)
     model = create_open_clip_model(name, pretrained, device="cpu", seed=seed)
     tag = None if _is_random(pretrained) else str(pretrained)
     return "open_clip", model, tag

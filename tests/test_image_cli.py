@@ -1,0 +1,104 @@
+"""``python -m interp.image`` end to end on drawn images (named as VALSE's image_file), and its bad-input answers.
+
+Every bad input ends with one line on stderr, exit code 2, and no run directory.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from interp.cli.image import cli
+from interp.cli.image_report import FIGURE_TEXT, TABLES
+from interp.data.valse import load_piece
+from interp.vision.synthetic import write_scenes
+
+
+@pytest.fixture(scope="module")
+def items():
+    return load_piece("existence")[:3]
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory, items):
+    folder = tmp_path_factory.mktemp("images")
+    write_scenes(folder, {item.image_file: k % 2 == 0 for k, item in enumerate(items)}, size=96)
+    return folder
+
+
+def _fail(capsys, argv) -> str:
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_end_to_end_on_tiny_writes_every_documented_file(image_dir, items, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--task", "existence", "--images", str(image_dir), "--model", "tiny", "--pretrained", "none",
+            "--limit", "2", "--out", str(out), "--no-progress", "--ablation", "mean"]
+    assert cli(argv) == 0
+    for name in [*TABLES, *FIGURE_TEXT, "report.md", "config.json"]:
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["settings"]["items"] == [item.item_id for item in items[:2]]
+    assert config["versions"]["torch"]
+    assert config["info"]["checks"]["max_abs_decomposition_sum_minus_d"] <= 1e-5
+    tracing = pd.read_csv(out / "tracing.csv")
+    assert len(tracing) == 2 * 3 * 50  # items x (layers + 1) x (class token + 7 x 7 patches)
+    report = (out / "report.md").read_text()
+    assert "random" in report and "say nothing about trained CLIP" in report
+    # rerunning the same command into the same folder is allowed (same settings)
+    assert cli(argv) == 0
+
+
+def test_corrupted_images_option(image_dir, items, tmp_path):
+    corrupted = tmp_path / "corrupted"
+    write_scenes(corrupted, {item.image_file: False for item in items}, size=96)
+    out = tmp_path / "run"
+    assert cli(["--task", "existence", "--images", str(image_dir), "--corrupted-images", str(corrupted),
+                "--model", "tiny", "--pretrained", "none", "--limit", "1", "--out", str(out), "--no-figures",
+                "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text())["settings"]["corruption"] == "images"
+
+
+def test_unsupported_tower(image_dir, tmp_path, capsys):
+    line = _fail(capsys, ["--task", "existence", "--images", str(image_dir), "--model", "RN50", "--pretrained", "none",
+                          "--out", str(tmp_path / "run")])
+    assert "ModifiedResNet" in line and "supported image towers" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_text_only_model(image_dir, tmp_path, capsys):
+    line = _fail(capsys, ["--task", "existence", "--images", str(image_dir), "--model", "all-MiniLM-L6-v2",
+                          "--out", str(tmp_path / "run")])
+    assert "text-only" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_folder_without_any_item_image(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "unrelated.png").write_bytes(b"")
+    line = _fail(capsys, ["--task", "existence", "--images", str(tmp_path / "empty"), "--model", "tiny",
+                          "--pretrained", "none", "--out", str(tmp_path / "run")])
+    assert "none of the" in line and "v7w_" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n-truncated", b"this is a text file, not an image\n"])
+def test_corrupt_or_non_image_file(items, tmp_path, capsys, content):
+    folder = tmp_path / "images"
+    write_scenes(folder, {items[0].image_file: True}, size=96)
+    (folder / items[1].image_file).write_bytes(content)
+    line = _fail(capsys, ["--task", "existence", "--images", str(folder), "--model", "tiny", "--pretrained", "none",
+                          "--limit", "2", "--out", str(tmp_path / "run")])
+    assert items[1].image_file in line and "cannot be read" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_images_folder(tmp_path, capsys):
+    line = _fail(capsys, ["--task", "existence", "--images", str(tmp_path / "nope"), "--model", "tiny",
+                          "--pretrained", "none", "--out", str(tmp_path / "run")])
+    assert "is not a folder" in line
