@@ -102,3 +102,13 @@ def test_missing_images_folder(tmp_path, capsys):
     line = _fail(capsys, ["--task", "existence", "--images", str(tmp_path / "nope"), "--model", "tiny",
                           "--pretrained", "none", "--out", str(tmp_path / "run")])
     assert "is not a folder" in line
+
+
+def test_image_trace_benchmark_runs_and_agrees(capsys):
+    from interp.benchmarks.main import main
+
+    assert main(["image-trace", "--model", "tiny", "--images", "1", "--loop-cells", "4", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "EXTRAPOLATED" in out and "speed-up" in out
+    diff = float(out.rsplit("max |engine - loop| on the loop's cells: ", 1)[1].split()[0])
+    assert diff <= 1e-5
