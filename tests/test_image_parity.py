@@ -187,3 +187,27 @@ def test_one_checkpoint_feeds_both_towers(open_clip_module, tmp_path):
         assert (clip.encode_text(["a dog"]) - reference.encode_text(tokens)).abs().max().item() <= ATOL_FP32
     assert clip.preprocess.size == 224
     assert torch.allclose(clip.logit_scale, reference.logit_scale.detach())
+
+
+def test_load_clip_from_a_transformers_clip_model_matches_its_logits(open_clip_module):
+    import transformers
+
+    from interp.models.tokenization import CLIPTokenizer
+
+    config = transformers.CLIPConfig(
+        text_config={"vocab_size": 49408, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 77, "eos_token_id": 2},
+        vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "image_size": 64, "patch_size": 16},
+        projection_dim=32,
+    )
+    torch.manual_seed(0)
+    reference = transformers.CLIPModel(config).eval()
+    texts = ["There is a dog.", "There are no dogs."]
+    batch = CLIPTokenizer()(texts)
+    images = _images(2, 64)
+    with torch.no_grad():
+        expected = reference(input_ids=batch.tokens, attention_mask=batch.attention_mask.long(),
+                             pixel_values=images).logits_per_image
+        got = load_clip(reference).logits(images, texts)
+    assert (got - expected).abs().max().item() <= 1e-4

@@ -33,7 +33,6 @@ TOOL = "image"
 TASKS = ("existence",)
 DEFAULT_LIMIT = 16
 DEFAULT_TOP_HEADS = 4
-_CHUNK = 8  # items per analysis batch (bounds memory: the head parts are items x layers x heads x pos x d)
 
 
 def build_parser() -> argparse.ArgumentParser:

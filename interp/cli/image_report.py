@@ -19,7 +19,8 @@ from interp.runs.report import Report
 from interp.runs.rundir import RunDir, default_run_dir
 
 TOOL = "image"
-CHUNK = 8  # items per analysis batch (the head parts are items x layers x heads x positions x d_embed)
+MAX_CHUNK = 8  # items per analysis batch
+_PARTS_BUDGET_BYTES = 512 * 2**20  # the head parts are items x layers x heads x positions x d_embed floats
 
 FIGURE_TEXT = {
     "decomposition_heads.png": "Direct effect of each image head (layers x heads), mean over items: its share of d "
@@ -56,6 +57,12 @@ def _positions(cfg) -> pd.DataFrame:
                          "patch_col": np.where(pos == 0, -1, (pos - 1) % cols)})
 
 
+def _chunk_size(cfg) -> int:
+    """Items per batch so that one batch's head parts stay within the memory budget (ViT-L-14: 1)."""
+    per_item = cfg.n_layers * cfg.n_heads * cfg.n_pos * cfg.d_embed * 4
+    return max(1, min(MAX_CHUNK, _PARTS_BUDGET_BYTES // per_item))
+
+
 @torch.no_grad()
 def compute(clip, inputs, args: argparse.Namespace) -> Results:
     from interp.vision.ablation import ablation_effects
@@ -83,8 +90,9 @@ def compute(clip, inputs, args: argparse.Namespace) -> Results:
         raise ClipInterpError("--ablation resample takes each item's donor from the next item: analyse at least 2 items")
 
     head_shares, components, sums, abl_heads, abl_mlps, traces = [], [], [], [], [], []
-    for start in range(0, len(items), CHUNK):
-        part = slice(start, start + CHUNK)
+    chunk = _chunk_size(cfg)
+    for start in range(0, len(items), chunk):
+        part = slice(start, start + chunk)
         scores = decompose_image(image, images[part]).scores(u[part], scale)
         head_shares.append(scores.heads.float().cpu())
         components.append(scores)
@@ -105,7 +113,7 @@ def compute(clip, inputs, args: argparse.Namespace) -> Results:
     decomposition_heads = pd.DataFrame({"item_id": np.asarray(ids)[grid[:, 0]], "layer": grid[:, 1], "head": grid[:, 2],
                                         "share_of_d": per_head})
     comp_rows = []
-    for chunk_start, scores in zip(range(0, len(items), CHUNK), components):
+    for chunk_start, scores in zip(range(0, len(items), chunk), components):
         for k in range(scores.embed.shape[0]):
             item_id = ids[chunk_start + k]
             comp_rows.append({"item_id": item_id, "component": "embed", "layer": -1, "share_of_d": float(scores.embed[k])})

@@ -101,7 +101,7 @@ def trace_image(
     Args:
         directions: ``u`` per image (:func:`interp.vision.scores.caption_minus_foil`).
         corruption: :func:`gaussian_noise` or ``Corruption(images=corrupted)``.
-        max_rows: largest batch of cells run at once (memory bound).
+        max_rows: largest batch of cells run at once (memory: max_rows x positions x d_model per state).
     """
     cfg = model.cfg
     images = images.to(device=model.device, dtype=model.dtype)
@@ -112,19 +112,17 @@ def trace_image(
     d_clean = score_gap(clean_out, directions, logit_scale)
     d_corrupt = score_gap(corrupt_out, directions, logit_scale)
     b, n_pos = images.shape[0], cfg.n_pos
-    d_restored = torch.empty(b, cfg.n_layers + 1, n_pos, dtype=d_clean.dtype, device=d_clean.device)
-    cells = torch.arange(n_pos, device=images.device)
+    d_restored = torch.empty(b * n_pos, cfg.n_layers + 1, dtype=d_clean.dtype, device=d_clean.device)
     for layer, name in enumerate(_states(model)):
-        # rows (image, restored position): the corrupted state with one position made clean
-        resid = corrupt[name].unsqueeze(1).repeat(1, n_pos, 1, 1)  # [b, cell, pos, d]
-        resid[:, cells, cells] = clean[name][:, cells]
-        resid = resid.flatten(0, 1)
-        dirs = directions.repeat_interleave(n_pos, dim=0)
-        out = torch.cat([
-            model(start_at_layer=layer, residual=resid[start:start + max_rows])
-            for start in range(0, resid.shape[0], max_rows)
-        ])
-        d_restored[:, layer] = score_gap(out, dirs, logit_scale).view(b, n_pos)
+        # rows (image, restored position), max_rows at a time: the corrupted state with one position made clean
+        for start in range(0, b * n_pos, max_rows):
+            rows = torch.arange(start, min(start + max_rows, b * n_pos), device=images.device)
+            image_of, cell = rows // n_pos, rows % n_pos
+            resid = corrupt[name][image_of].clone()
+            resid[torch.arange(len(rows)), cell] = clean[name][image_of, cell]
+            out = model(start_at_layer=layer, residual=resid)
+            d_restored[rows, layer] = score_gap(out, directions[image_of], logit_scale)
+    d_restored = d_restored.view(b, n_pos, cfg.n_layers + 1).transpose(1, 2).contiguous()
     return TraceResult(d_restored, d_clean, d_corrupt)
 
 
