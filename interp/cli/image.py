@@ -89,9 +89,8 @@ class Inputs:
     n_without_image: int
 
 
-def load_inputs(args: argparse.Namespace, preprocess) -> Inputs:
-    """The items whose image is in --images (first --limit), their images and corrupted images."""
-    from interp.data.images import load_image_batch
+def select_items(args: argparse.Namespace) -> tuple[list, int, int]:
+    """The first --limit valid existence items whose image is in --images (checked before the model loads)."""
     from interp.data.valse import load_piece
 
     try:
@@ -107,8 +106,6 @@ def load_inputs(args: argparse.Namespace, preprocess) -> Inputs:
             "holding the Visual7W images, named as VALSE's image_file"
         )
     chosen = present[: args.limit]
-    images = load_image_batch([folder / item.image_file for item in chosen], preprocess)
-    corrupted = None
     if args.corrupted_images:
         corrupt_folder = Path(args.corrupted_images)
         missing = [item.image_file for item in chosen if not (corrupt_folder / item.image_file).is_file()]
@@ -117,8 +114,19 @@ def load_inputs(args: argparse.Namespace, preprocess) -> Inputs:
                 f"{len(missing)} corrupted images are missing under {corrupt_folder}, e.g. {', '.join(missing[:3])}: "
                 "give one per analysed image, with the same name, or drop --corrupted-images for noise"
             )
-        corrupted = load_image_batch([corrupt_folder / item.image_file for item in chosen], preprocess)
-    return Inputs(chosen, images, corrupted, len(items), len(items) - len(present))
+    return chosen, len(items), len(items) - len(present)
+
+
+def load_inputs(args: argparse.Namespace, selection: tuple[list, int, int], preprocess) -> Inputs:
+    """Read and preprocess the chosen items' images (and corrupted images); a corrupt file is an error."""
+    from interp.data.images import load_image_batch
+
+    chosen, n_total, n_without = selection
+    images = load_image_batch([Path(args.images) / item.image_file for item in chosen], preprocess)
+    corrupted = None
+    if args.corrupted_images:
+        corrupted = load_image_batch([Path(args.corrupted_images) / item.image_file for item in chosen], preprocess)
+    return Inputs(chosen, images, corrupted, n_total, n_without)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,16 +134,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from interp.models.clip import load_clip
+    from interp.models.clip import check_image_tower_name, load_clip
 
+    check_image_tower_name(args.model)
+    selection = select_items(args)
     pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
     clip = load_clip(args.model, pretrained, device=args.device, dtype=DTYPES[args.dtype], seed=args.seed)
-    inputs = load_inputs(args, clip.preprocess)
+    inputs = load_inputs(args, selection, clip.preprocess)
     from interp.cli.image_report import compute, write_outputs
 
     results = compute(clip, inputs, args)
     written = write_outputs(clip, inputs, results, args, argv=list(sys.argv[1:] if argv is None else argv))
-    log.info("wrote %d files to %s", len(written), results.run_path if hasattr(results, "run_path") else written[0].parent)
+    log.info("wrote %d files to %s", len(written), written[-1].parent)
     return 0
 
 

@@ -71,6 +71,19 @@ class HookedCLIP(nn.Module):
         return self.logit_scale.exp() * image @ text.T
 
 
+def check_image_tower_name(name: Any) -> None:
+    """Refuse, from the name alone and without building anything, a text-only encoder or an open_clip
+    model whose image tower is not supported (a no-op for paths, objects and unknown names)."""
+    if not isinstance(name, str):
+        return
+    _check_not_text_only(name)
+    if not Path(name).exists():
+        from interp.models.compat import import_open_clip
+
+        if name in import_open_clip().list_models():
+            _check_open_clip_config(name)
+
+
 def _check_not_text_only(name: str) -> None:
     if name in EXTRA_ENCODERS:
         raise UnsupportedTowerError(
