@@ -108,13 +108,13 @@ def test_ablation_ranks_the_planted_head_first_and_idle_heads_zero(planted, scen
     assert resampled.heads[0, planted.head_layer, planted.head] < -0.05
 
 
-@pytest.mark.parametrize("method", ["zero", "mean", "resample"])
-def test_ablation_engine_equals_the_plain_loop(method):
+@pytest.mark.parametrize("method, where", [("zero", "all"), ("mean", "all"), ("resample", "all"), ("mean", "cls")])
+def test_ablation_engine_equals_the_plain_loop(method, where):
     model = load_image_encoder("tiny", None)
     images = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     u = torch.randn(3, model.cfg.d_embed, generator=torch.Generator().manual_seed(1))
-    fast = ablation_effects(model, images, u, 0.0, method)
-    slow = ablation_effects_reference(model, images, u, 0.0, method)
+    fast = ablation_effects(model, images, u, 0.0, method, where=where)
+    slow = ablation_effects_reference(model, images, u, 0.0, method, where=where)
     assert (fast.heads - slow.heads).abs().max().item() <= 1e-5
     assert (fast.mlps - slow.mlps).abs().max().item() <= 1e-5
     assert fast.heads.abs().max().item() > 1e-3  # random heads do matter: the comparison is not 0 == 0
@@ -156,6 +156,16 @@ def test_tracing_engine_equals_the_per_cell_oracle():
         assert abs(result.d_restored[i, layer, pos].item() - oracle) <= 1e-5, (i, layer, pos)
     # Restoring every position at layer 0 is the clean run; the corrupted run differs.
     assert (result.d_clean - result.d_corrupt).abs().min().item() > 1e-4
+
+
+def test_noise_box_touches_only_its_patches(planted, scene):
+    noise = gaussian_noise(planted.model, scene[0], 3.0, seed=0, box=(1, 2, 3, 4)).noise[0]  # rows 1-2, cols 2-3
+    touched = noise.abs().sum(-1).view(4, 4) > 0
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[1:3, 2:4] = True
+    assert torch.equal(touched, expected)
+    with pytest.raises(Exception, match="patch grid"):
+        gaussian_noise(planted.model, scene[0], 3.0, box=(0, 0, 5, 1))
 
 
 def test_noise_is_seeded(planted, scene):

@@ -23,6 +23,7 @@ from interp.models.image_encoder import HookedImageEncoder
 from interp.vision.scores import score_gap
 
 METHODS = ("zero", "mean", "resample")
+WHERE = ("all", "cls")  # ablate every position, or the class token only
 
 
 class ImageAblationError(ClipInterpError, ValueError):
@@ -59,6 +60,12 @@ def _replacements(model, method: str, images: Tensor, reference: Tensor | None, 
     return values
 
 
+def _check_where(where: str) -> slice:
+    if where not in WHERE:
+        raise ImageAblationError(f"ablation positions {where!r} are not one of {', '.join(WHERE)}")
+    return slice(None) if where == "all" else slice(0, 1)
+
+
 def _value(replacements, name: str, like: Tensor) -> Tensor:
     if replacements is None:
         return torch.zeros_like(like)
@@ -76,6 +83,7 @@ def ablation_effects(
     reference: Float[Tensor, "r 3 H W"] | None = None,
     donors: Float[Tensor, "b 3 H W"] | None = None,
     layers: Sequence[int] | None = None,
+    where: str = "all",
 ) -> AblationEffects:
     """The change in d when each head (and each MLP) of ``layers`` is ablated, for each image.
 
@@ -83,7 +91,9 @@ def ablation_effects(
         directions: ``u = normalize(t_C) - normalize(t_F)`` per image (:func:`interp.vision.scores.caption_minus_foil`).
         method: "zero", "mean" (over ``reference`` images, default the images themselves) or
             "resample" (``donors``, one per image; default the images shifted by one).
+        where: ablate at every position ("all") or at the class token only ("cls").
     """
+    positions = _check_where(where)
     cfg = model.cfg
     images = images.to(device=model.device, dtype=model.dtype)
     replacements = _replacements(model, method, images, reference, donors)
@@ -100,12 +110,12 @@ def ablation_effects(
         def ablate_heads(z: Tensor, hook) -> Tensor:
             z = z.clone().view(n_rows, b, *z.shape[1:])
             for head in range(n_heads):
-                z[head, :, :, head] = _value(replacements, z_name, z[head])[:, :, head]
+                z[head, :, positions, head] = _value(replacements, z_name, z[head])[:, positions, head]
             return z.view(n_rows * b, *z.shape[2:])
 
         def ablate_mlp(post: Tensor, hook) -> Tensor:
             post = post.clone().view(n_rows, b, *post.shape[1:])
-            post[n_heads] = _value(replacements, post_name, post[n_heads])
+            post[n_heads, :, positions] = _value(replacements, post_name, post[n_heads])[:, positions]
             return post.view(n_rows * b, *post.shape[2:])
 
         resid = cache[f"blocks.{layer}.hook_resid_pre"].repeat(n_rows, 1, 1)
@@ -127,8 +137,10 @@ def ablation_effects_reference(
     *,
     reference: Tensor | None = None,
     donors: Tensor | None = None,
+    where: str = "all",
 ) -> AblationEffects:
     """The plain loop: one full forward of each image per component. Slow; the tests' oracle."""
+    positions = _check_where(where)
     cfg = model.cfg
     images = images.to(device=model.device, dtype=model.dtype)
     replacements = _replacements(model, method, images, reference, donors)
@@ -145,9 +157,9 @@ def ablation_effects_reference(
                     value = _value(replacements, name, torch.empty(b, *act.shape[1:], dtype=act.dtype))[i:i + 1]
                     act = act.clone()
                     if head is None:
-                        act[:] = value
+                        act[:, positions] = value[:, positions]
                     else:
-                        act[:, :, head] = value[:, :, head]
+                        act[:, positions, head] = value[:, positions, head]
                     return act
 
                 out = model.run_with_hooks(images[i:i + 1], fwd_hooks=[(name, hook)])

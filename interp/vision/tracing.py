@@ -56,15 +56,36 @@ class Corruption:
 
 
 @torch.no_grad()
-def gaussian_noise(model: HookedImageEncoder, images: Tensor, noise_factor: float = 3.0, seed: int = 0) -> Corruption:
-    """Seeded noise of std ``noise_factor`` x the std of the images' patch embeddings."""
+def gaussian_noise(
+    model: HookedImageEncoder,
+    images: Tensor,
+    noise_factor: float = 3.0,
+    seed: int = 0,
+    box: tuple[int, int, int, int] | None = None,
+) -> Corruption:
+    """Seeded noise of std ``noise_factor`` x the std of the images' patch embeddings, on every
+    patch or only on the patches of ``box`` = (first row, first column, end row, end column) of the
+    patch grid (ends exclusive)."""
     if noise_factor <= 0:
         raise ImageTraceError(f"noise factor {noise_factor} must be > 0 (3 is ROME's choice)")
     _, cache = model.run_with_cache(images, names_filter=EMBED_HOOK)
     std = float(cache[EMBED_HOOK][:, 1:].std())
     generator = torch.Generator().manual_seed(seed)
     shape = (images.shape[0], model.cfg.n_patches, model.cfg.d_model)
-    return Corruption(noise=(noise_factor * std * torch.randn(shape, generator=generator)).to(model.device, model.dtype))
+    noise = noise_factor * std * torch.randn(shape, generator=generator)
+    if box is not None:
+        noise = noise * _box_mask(model, box)[None, :, None]
+    return Corruption(noise=noise.to(model.device, model.dtype))
+
+
+def _box_mask(model: HookedImageEncoder, box: tuple[int, int, int, int]) -> Tensor:
+    rows, cols = model.cfg.grid
+    top, left, bottom, right = box
+    if not (0 <= top < bottom <= rows and 0 <= left < right <= cols):
+        raise ImageTraceError(f"box {box} is not a non-empty (top, left, bottom, right) box inside the {rows} x {cols} patch grid")
+    mask = torch.zeros(rows, cols)
+    mask[top:bottom, left:right] = 1.0
+    return mask.flatten()
 
 
 @dataclass
