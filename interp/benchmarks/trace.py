@@ -24,18 +24,15 @@ import logging
 import os
 import tempfile
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-
-from interp.data.negation import AlignedPair, align_pairs, load_existence_pairs
-from interp.runs.rundir import ItemTable
-from interp.data.scoring import score
-from interp.tracing.engine import patched_scores, uses_fast_path
-from interp.tracing.inputs import build_runs
-from interp.tracing.reference import reference_patched_scores
+# Light imports only at module level (--help must not wait for torch); the work imports in main().
+from interp.data.negation import align_pairs, load_existence_pairs
+from interp.tracing.options import DEFAULT_BUDGET_MB, DEFAULT_CHUNK_ITEMS
 from interp.tracing.spec import TraceSpec
-from interp.tracing.sweep import DEFAULT_CHUNK_ITEMS, run_sweep, text_directions
+
+if TYPE_CHECKING:
+    from interp.data.negation import AlignedPair
 
 log = logging.getLogger("interp.bench.trace")
 _MATMUL_SHAPE = (2048, 512, 2048)
@@ -43,6 +40,8 @@ _MATMUL_SHAPE = (2048, 512, 2048)
 
 def measure_matmul_gflops(repeats: int = 20) -> float:
     """float32 GFLOP/s of a [2048 x 512] @ [512 x 2048] matmul (a transformer MLP's shape)."""
+    import torch
+
     m, k, n = _MATMUL_SHAPE
     a, b = torch.randn(m, k), torch.randn(k, n)
     for _ in range(3):
@@ -97,8 +96,10 @@ def _subset(items: Sequence[AlignedPair], k: int) -> list[AlignedPair]:
     return [order[int(i * step + step / 2)] for i in range(k)]
 
 
-@torch.no_grad()
 def _time_engine(model, items, chunk_items, budget_mb):
+    from interp.runs.rundir import ItemTable
+    from interp.tracing.sweep import run_sweep, text_directions
+
     directions = text_directions(model)
     with tempfile.TemporaryDirectory() as tmp:
         table = ItemTable(tmp)
@@ -108,18 +109,25 @@ def _time_engine(model, items, chunk_items, budget_mb):
         return clock.stop(), stats
 
 
-@torch.no_grad()
 def _time_reference(model, items):
+    from interp.tracing.inputs import build_runs
+    from interp.tracing.reference import reference_patched_scores
+    from interp.tracing.sweep import text_directions
+
     runs, _ = build_runs(model, items, text_directions(model)(items, range(len(items))))
     clock = _Clock()
     result = reference_patched_scores(model, runs, TraceSpec(model.cfg.n_layers))
     return clock.stop(), result, runs
 
 
-@torch.no_grad()
 def _time_transformer_lens(model, items):
     """TL's get_act_patch_resid_pre per item; returns seconds and [item] of [n_layers, pos] scores."""
+    import torch
+
     from transformer_lens import patching
+
+    from interp.data.scoring import score
+    from interp.tracing.sweep import text_directions
 
     patching.tqdm = lambda iterable, *a, **k: iterable  # silence TL's per-call progress bar
     directions = text_directions(model)(items, range(len(items)))
@@ -141,17 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--items", type=int, help="trace only the first N minimal pairs (default all 490)")
     parser.add_argument("--slow-items", default="12", help="items the slow methods run on ('all' = every item; default 12)")
     parser.add_argument("--chunk-items", type=int, default=DEFAULT_CHUNK_ITEMS)
-    parser.add_argument("--budget-mb", type=float, default=768)
+    parser.add_argument("--budget-mb", type=float, default=DEFAULT_BUDGET_MB)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import torch
+
+    from interp.models.loading import load_text_encoder
+    from interp.tracing.engine import patched_scores, uses_fast_path
+
+    torch.set_grad_enabled(False)  # a benchmark never needs autograd
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from interp.models.loading import load_text_encoder
 
     model = load_text_encoder(args.model, None, seed=args.seed)
     cfg = model.cfg

@@ -19,22 +19,29 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-import torch
-
+# Light imports only at module level (--help must not wait for torch); the work imports in main().
 from interp.cli.common import add_model_args, load_model_from_args, run_cli
-from interp.data.negation import ROLES, AlignedPair, align_pairs, load_existence_pairs
+from interp.data.negation import ROLES, align_pairs, load_existence_pairs
+from interp.data.segment_labels import SEGMENT_LABELS
 from interp.errors import ClipInterpError
-from interp.models.loading import weights_fingerprint
-from interp.runs.rundir import RunDir, default_run_dir
-from interp.data.scoring import SEGMENT_LABELS, image_target_directions, pairwise_d, score, segments
-from interp.tracing.engine import DEFAULT_BUDGET_MB, uses_fast_path
-from interp.tracing.inputs import DIRECTIONS, MODES, NoiseConfig
-from interp.tracing.noise import DEFAULT_NOISE_ROLES, DEFAULT_NOISE_SCALE, DEFAULT_SAMPLES, embedding_std
+from interp.tracing.options import (
+    DEFAULT_BUDGET_MB,
+    DEFAULT_CHUNK_ITEMS,
+    DEFAULT_NOISE_ROLES,
+    DEFAULT_NOISE_SCALE,
+    DEFAULT_SAMPLES,
+    DIRECTIONS,
+    MODES,
+)
 from interp.tracing.spec import KINDS, TraceSpec
-from interp.tracing.sweep import DEFAULT_CHUNK_ITEMS, fixed_directions, run_sweep, text_directions
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from interp.data.negation import AlignedPair
 
 log = logging.getLogger("interp.trace")
 
@@ -124,6 +131,8 @@ def check_target_args(args: argparse.Namespace) -> Target:
 
 
 def _check_clip_like(model, target: Target, model_name: str) -> None:
+    import torch
+
     if target.kind != "image":
         return
     if model.cfg.tokenizer != "clip-bpe" or not bool(torch.isfinite(model.logit_scale)):
@@ -158,22 +167,37 @@ def image_embeddings(args: argparse.Namespace, model, target: Target, files: lis
     return emb.to(model.device, model.dtype)
 
 
-@torch.no_grad()
 def clean_d(model, items: Sequence[AlignedPair], directions: torch.Tensor) -> np.ndarray:
     """``d = S(caption) - S(foil)`` per item (fixed batches over the whole list: deterministic)."""
+    import torch
+
+    from interp.data.scoring import pairwise_d, score
+
     out = []
-    for start in range(0, len(items), _SCORE_BATCH):
-        chunk = items[start:start + _SCORE_BATCH]
-        dirs = directions[start:start + _SCORE_BATCH]
-        s_caption = score(model([a.pair.caption for a in chunk]), dirs)
-        s_foil = score(model([a.pair.foil for a in chunk]), dirs)
-        out.append(pairwise_d(s_caption, s_foil).double().cpu())
+    with torch.no_grad():
+        for start in range(0, len(items), _SCORE_BATCH):
+            chunk = items[start:start + _SCORE_BATCH]
+            dirs = directions[start:start + _SCORE_BATCH]
+            s_caption = score(model([a.pair.caption for a in chunk]), dirs)
+            s_foil = score(model([a.pair.foil for a in chunk]), dirs)
+            out.append(pairwise_d(s_caption, s_foil).double().cpu())
     return torch.cat(out).numpy()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     target = check_target_args(args)
+    import numpy as np
+    import torch
+
+    from interp.data.scoring import image_target_directions, segments
+    from interp.models.loading import weights_fingerprint
+    from interp.runs.rundir import RunDir, default_run_dir
+    from interp.tracing.engine import uses_fast_path
+    from interp.tracing.inputs import NoiseConfig
+    from interp.tracing.noise import embedding_std
+    from interp.tracing.sweep import fixed_directions, run_sweep, text_directions
+
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model_from_args(args)

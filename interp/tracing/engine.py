@@ -42,7 +42,7 @@ from interp.tracing.spec import POSITIONAL_POOLS, TraceSpec
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUDGET_MB = 768
+from interp.tracing.options import DEFAULT_BUDGET_MB  # noqa: E402,F401 - re-exported
 _FLOAT_BYTES = 4
 FAST_POOLS = ("argmax", "eos", "last")
 

@@ -26,8 +26,7 @@ from interp.errors import ClipInterpError
 from interp.tracing.engine import PatchedScores, TraceRuns
 from interp.tracing.noise import draw_noise, noised_embedding_output
 
-MODES = ("patch", "noise")
-DIRECTIONS = ("denoise", "noise")
+from interp.tracing.options import DIRECTIONS, MODES  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # this chunk: under a second of compute on a ViT-B-32 text tower). Measured with
 # `python -m interp.bench trace` on 2 cores: 8 items per chunk sweep the 490 pairs in ~45 s (24x the
 # per-cell loop); 1 item per chunk in ~97 s (17x), the batches being too small to fill the matmuls.
-DEFAULT_CHUNK_ITEMS = 8
+from interp.tracing.options import DEFAULT_CHUNK_ITEMS  # noqa: E402,F401 - re-exported
 CELL_COLUMNS = [
     "item_id", "negation_side", "segment", "d", "length", "layer", "position", "role",
     "token_negated", "token_affirmative", "effect", "patched", "base", "source",

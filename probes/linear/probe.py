@@ -33,8 +33,7 @@ from interp.errors import ClipInterpError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FOLDS = 5
-DEFAULT_C = 1.0
+from probes.linear.defaults import DEFAULT_C, DEFAULT_FOLDS  # noqa: E402,F401 - re-exported
 MAX_ITER = 2000
 # Features whose spread is below this share of the largest spread are treated as constant (ignored).
 # Without it, a dimension that is constant up to rounding (e.g. after a final LayerNorm, std ~1e-32)
