@@ -54,11 +54,28 @@ def check_device(device: str) -> None:
         raise ClipInterpError(f"--device {device} asked for, but torch sees no CUDA device here: use --device cpu")
 
 
+def setup_threads(args: argparse.Namespace) -> tuple[int, str]:
+    """Set torch's threads by the policy of :func:`interp.runs.threads.choose_threads` (``--threads``
+    when the command has it and it is given; else automatic) and record the choice on ``args``
+    (``threads_chosen``, ``threads_reason``), which the commands' config.json records."""
+    import torch
+
+    from interp.runs.threads import choose_threads
+
+    n, reason = choose_threads(getattr(args, "threads", None))
+    torch.set_num_threads(n)
+    args.threads_chosen, args.threads_reason = n, reason
+    logging.getLogger(__name__).info("torch threads: %d (%s)", n, reason)
+    return n, reason
+
+
 def load_model_from_args(args: argparse.Namespace):
-    """The hooked text encoder the parsed ``--model/--pretrained/--device/--dtype/--seed`` name."""
+    """The hooked text encoder the parsed ``--model/--pretrained/--device/--dtype/--seed`` name
+    (after setting torch's threads, :func:`setup_threads`)."""
     from interp.models.loading import load_text_encoder
 
     check_device(args.device)
+    setup_threads(args)
     pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
     return load_text_encoder(args.model, pretrained, device=args.device, dtype=torch_dtype(args.dtype), seed=args.seed)
 

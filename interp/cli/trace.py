@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chunk-items", type=int, default=DEFAULT_CHUNK_ITEMS,
                      help=f"items traced together; a killed run loses at most this many (default {DEFAULT_CHUNK_ITEMS})")
     run.add_argument("--budget-mb", type=float, default=DEFAULT_BUDGET_MB, help=f"memory budget of one batch of cells (default {DEFAULT_BUDGET_MB})")
-    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: the physical cores, 1 when the load average says they are busy)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-figures", action="store_true", help="skip the PNG heatmaps (tables and report only)")
     return parser
@@ -198,9 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from interp.tracing.noise import embedding_std
     from interp.tracing.sweep import fixed_directions, run_sweep, text_directions
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = load_model_from_args(args)
+    model = load_model_from_args(args)  # sets torch's threads (--threads or the automatic choice)
     _check_clip_like(model, target, args.model)
     spec = TraceSpec(model.cfg.n_layers, args.kind, args.window)
 
@@ -252,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = {"argv": list(sys.argv[1:] if argv is None else argv), "device": args.device, "limit": args.limit,
             "image_source": target.source,
             "chunk_items": args.chunk_items, "budget_mb": args.budget_mb, "threads": torch.get_num_threads(),
+            "threads_reason": args.threads_reason,
             "fast_path": uses_fast_path(model), "args": vars(args)}
     out = Path(args.out) if args.out else default_run_dir(TOOL, args.model, args.name)
     run = RunDir(out, TOOL, settings, info)
