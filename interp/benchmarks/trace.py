@@ -110,11 +110,10 @@ def _time_engine(model, items, chunk_items, budget_mb):
 
 
 def _time_reference(model, items):
-    from interp.tracing.inputs import build_runs
+    from interp.tracing.inputs import TEXT_TARGET, build_runs
     from interp.tracing.reference import reference_patched_scores
-    from interp.tracing.sweep import text_directions
 
-    runs, _ = build_runs(model, items, text_directions(model)(items, range(len(items))))
+    runs, _ = build_runs(model, items, TEXT_TARGET)
     clock = _Clock()
     result = reference_patched_scores(model, runs, TraceSpec(model.cfg.n_layers))
     return clock.stop(), result, runs
@@ -127,10 +126,10 @@ def _time_transformer_lens(model, items):
     from transformer_lens import patching
 
     from interp.data.scoring import score
-    from interp.tracing.sweep import text_directions
+    from interp.tracing.sweep import explicit_text_directions
 
     patching.tqdm = lambda iterable, *a, **k: iterable  # silence TL's per-call progress bar
-    directions = text_directions(model)(items, range(len(items)))
+    directions = explicit_text_directions(model, items)
     outputs = []
     clock = _Clock()
     for k, item in enumerate(items):
