@@ -83,3 +83,21 @@ def test_probe_fits_run_on_one_blas_thread(monkeypatch):
     assert outside and max(outside) == 2, "the test needs a BLAS pool of 2 threads outside the fits"
     assert len(seen) == 2 * 4 * 2 + 1  # (task + control) x folds x layers, + the direction fit
     assert all(threads and max(threads) == 1 for threads in seen), seen
+
+
+def test_trace_records_the_thread_choice(tmp_path):
+    """config.json of a trace run says how many torch threads ran and why."""
+    import json
+
+    from interp.cli.trace import main
+
+    before = torch.get_num_threads()
+    try:
+        out = tmp_path / "run"
+        assert main(["--task", "existence", "--model", "tiny", "--target", "text", "--limit", "1", "--threads", "1",
+                     "--no-progress", "--no-figures", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    info = json.loads((out / "config.json").read_text())["info"]
+    assert info["threads"] == 1 and info["threads_reason"] == "--threads"
+    assert info["args"]["threads_chosen"] == 1

@@ -415,7 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "segment": args.segment, "limit": args.limit,
     }
     out = Path(args.out) if args.out else default_run_dir("ablate", args.model, args.method)
-    run = RunDir(out, "ablate", settings, info={"device": args.device, "argv": list(argv or sys.argv[1:])})
+    run = RunDir(out, "ablate", settings, info={"device": args.device, "argv": list(argv or sys.argv[1:]),
+                                                "threads": args.threads_chosen, "threads_reason": args.threads_reason})
 
     # The reference set is every selected item (fixed before any chunk runs, so resuming gives the same values).
     first, second = sentences(aligned, target)
