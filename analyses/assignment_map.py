@@ -18,8 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -30,37 +29,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from analyses.alignment.procrustes import fit_least_squares, fit_procrustes
+from analyses.options import AssignmentMapConfig  # noqa: F401 - re-exported (its home is light: the CLIs' defaults)
 from analyses.sinkhorn import assignments
 from analyses.validation import AnalysisInputError, as_matrix, as_paired, check_positive_int
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AssignmentMapConfig:
-    """Training knobs. ``marginal="frequency"`` needs ``frequencies`` passed to :func:`fit_assignment_map`."""
-
-    epochs: int = 40
-    # Small training sets get extra epochs until at least this many optimizer steps were taken.
-    min_steps: int = 400
-    batch_size: int = 1024
-    lr: float = 5e-3
-    # The paper's 0.01 left the map well short of Procrustes on planted rotations here (d = 128, 8k pairs:
-    # top-1 0.74 vs 1.00); 0.05 matched it (1.00). See docs/analyses.md.
-    temperature: float = 0.05
-    sinkhorn_eps: float = 0.05
-    sinkhorn_iters: int = 20
-    # None: max(256, 2 * target dim), capped at the training rows. Fewer prototypes than target dimensions
-    # leave the map unconstrained outside their span (d = 512 with 256 prototypes: top-1 0.01).
-    max_prototypes: int | None = None
-    marginal: Literal["uniform", "frequency"] = "uniform"
-    seed: int = 0
-    # Torch intra-op threads while training (0 = leave torch's setting). The per-batch ops are small;
-    # measured on 2 busy cores, multi-threaded reductions ran ~100x slower than single-threaded ones.
-    threads: int = 1
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -14,15 +14,13 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
-import torch
-from scipy.stats import ortho_group
+# Light imports only at module level (--help must not wait for numpy, scipy or torch).
+from analyses.options import AssignmentMapConfig
 
-from analyses.assignment_map import AssignmentMapConfig, compare_maps
-from analyses.matching import hungarian_accuracy, local_cka_scores, seeded_qap
-from analyses.similarity import LinearCKAAccumulator, linear_cka, permutation_test, rbf_cka
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, object]:
@@ -53,6 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--csv", help="also write the timings here")
     args = p.parse_args(argv)
+    import numpy as np
+    import pandas as pd
+    import torch
+    from scipy.stats import ortho_group
+
+    from analyses.assignment_map import compare_maps
+
     rng = np.random.default_rng(args.seed)
     rows = []
 
@@ -82,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _bench_cka(args: argparse.Namespace, rng: np.random.Generator, record: Callable) -> None:
+    import numpy as np
+    from scipy.stats import ortho_group
+
+    from analyses.similarity import LinearCKAAccumulator, linear_cka, permutation_test, rbf_cka
+
     x = rng.normal(size=(args.pairs, args.dim))
     y = x @ ortho_group.rvs(args.dim, random_state=args.seed) + 2.0 * rng.normal(size=(args.pairs, args.dim))
     for name, fn in [
@@ -109,6 +119,11 @@ def _bench_cka(args: argparse.Namespace, rng: np.random.Generator, record: Calla
 
 
 def _bench_matching(args: argparse.Namespace, rng: np.random.Generator, record: Callable) -> None:
+    import numpy as np
+    from scipy.stats import ortho_group
+
+    from analyses.matching import hungarian_accuracy, local_cka_scores, seeded_qap
+
     n = args.n_base + args.n_query
     xm = rng.normal(size=(n, args.match_dim))
     ym = xm @ ortho_group.rvs(args.match_dim, random_state=args.seed) + args.noise * rng.normal(size=(n, args.match_dim))

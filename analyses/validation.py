@@ -7,14 +7,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from interp.errors import ClipInterpError
 
 
-class AnalysisInputError(ClipInterpError, ValueError):
-    """Raised when embeddings handed to an analysis cannot be used (shape, NaN, too few rows).
-
-    A :class:`interp.errors.ClipInterpError`, so the CLIs print it as one line and exit with code 2.
-    """
+from analyses.errors import AnalysisInputError  # noqa: E402,F401 - re-exported (defined where the CLIs can import it light)
 
 
 def as_matrix(value: Any, name: str, *, min_rows: int = 1, dtype: Any = np.float64) -> np.ndarray:

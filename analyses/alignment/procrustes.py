@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 Retrieval = Literal["cosine", "csls"]
 PRECISION_KS: tuple[int, ...] = (1, 5, 10, 30, 50, 100)
-CSLS_K = 100
+from analyses.options import CSLS_K  # noqa: E402,F401 - re-exported
 _CHUNK = 256  # query rows scored at once: 256 x vocabulary float64 scores (100 MB at 50k targets)
 
 

@@ -13,11 +13,9 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from analyses.alignment.procrustes import CSLS_K
-from analyses.assignment_map import AssignmentMapConfig
-from analyses.io import load_embeddings
-from analyses.cli.report import SECTIONS, ReportOptions, write_report
-from analyses.validation import AnalysisInputError
+# Light imports only at module level (--help must not wait for numpy, scipy or torch).
+from analyses.errors import AnalysisInputError
+from analyses.options import CSLS_K, SECTIONS, AssignmentMapConfig
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +61,19 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.synthetic is not None and (args.x or args.y):
+        raise AnalysisInputError("pass either --synthetic N or --x/--y, not both.")
+    if args.synthetic is None and not (args.x and args.y):
+        raise AnalysisInputError("pass --x A.npz and --y B.npz (paired embeddings), or --synthetic N.")
+    from analyses.cli.report import ReportOptions, write_report
+    from analyses.io import load_embeddings
+
     if args.synthetic is not None:
-        if args.x or args.y:
-            raise AnalysisInputError("pass either --synthetic N or --x/--y, not both.")
         from analyses.synthetic import synthetic_pair
 
         x, y = synthetic_pair(args.synthetic, seed=args.seed)
         sources = (f"synthetic({args.synthetic}, seed={args.seed})",) * 2
     else:
-        if not (args.x and args.y):
-            raise AnalysisInputError("pass --x A.npz and --y B.npz (paired embeddings), or --synthetic N.")
         x, y = load_embeddings(args.x, "--x"), load_embeddings(args.y, "--y")
         sources = (args.x, args.y)
     opts = ReportOptions(

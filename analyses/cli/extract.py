@@ -7,27 +7,30 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from analyses.extract.pairs import DEFAULT_BATCH_SIZE, extract_pairs, read_captions
-from analyses.io import save_embeddings
+# Light imports only at module level (--help must not wait for torch or open_clip).
+from analyses.options import DEFAULT_EXTRACT_BATCH_SIZE
 from interp.cli.common import run_cli
 
 log = logging.getLogger("analyses.extract")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from interp.cli.common import DTYPES, add_model_args, check_device
+    from interp.cli.common import add_model_args, check_device, torch_dtype
 
     p = argparse.ArgumentParser(prog="python -m analyses.extract", description=__doc__.split("\n")[0])
     p.add_argument("--images", required=True, help="folder holding the images named in --captions")
     p.add_argument("--captions", required=True, help="CSV/TSV with 'image' and 'caption' columns, one row per pair")
     p.add_argument("--out", required=True, help="folder for image.npz and text.npz")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_EXTRACT_BATCH_SIZE)
     add_model_args(p)
     args = p.parse_args(argv)
     check_device(args.device)
+    from analyses.extract.pairs import extract_pairs, read_captions
+    from analyses.io import save_embeddings
+
     images, captions = read_captions(args.captions)
     x, y = extract_pairs(args.model, args.pretrained, images, captions, images_dir=args.images, seed=args.seed,
-                         device=args.device, dtype=DTYPES[args.dtype], batch_size=args.batch_size)
+                         device=args.device, dtype=torch_dtype(args.dtype), batch_size=args.batch_size)
     out = Path(args.out)
     save_embeddings(out / "image.npz", x)
     save_embeddings(out / "text.npz", y)

@@ -33,7 +33,7 @@ from interp.runs.rundir import package_versions
 
 log = logging.getLogger(__name__)
 
-SECTIONS: tuple[str, ...] = ("cka", "layers", "matching", "alignment", "maps")
+from analyses.options import SECTIONS  # noqa: E402,F401 - re-exported
 
 
 @dataclass

@@ -37,7 +37,7 @@ from analyses.validation import AnalysisInputError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 32
+from analyses.options import DEFAULT_EXTRACT_BATCH_SIZE as DEFAULT_BATCH_SIZE  # noqa: E402
 
 
 def read_captions(path: str | os.PathLike) -> tuple[list[str], list[str]]:

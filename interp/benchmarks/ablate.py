@@ -14,21 +14,24 @@ import argparse
 import logging
 import sys
 import time
+from typing import TYPE_CHECKING
 
-import torch
-
-from interp.heads.ablation import ablation_scores, all_heads, reference_means
-from interp.heads.attention import batch_from_ids, pair_batches
+# Light imports only at module level (--help must not wait for torch); the work imports in main().
 from interp.cli.common import add_model_args, load_model_from_args
 from interp.data.negation import align_pairs, load_existence_pairs
-from interp.data.scoring import score, text_target_directions
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 def per_head_loop(model, batch, directions, heads, means, sentence_batch: int) -> torch.Tensor:
     """Per head: a full forward of every chunk with that head mean-ablated. ``[head, sentence]``."""
+    import torch
+
+    from interp.data.scoring import score
+
     out = torch.zeros(len(heads), len(batch))
     order = torch.argsort(batch.lengths, stable=True)
     for row, comp in enumerate(heads):
@@ -61,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rows", type=int, default=64, help="rows per packed restarted pass (default 64: larger packs were slower on CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default torch's)")
     args = parser.parse_args(argv)
+    import torch
+
+    from interp.data.scoring import text_target_directions
+    from interp.heads.ablation import ablation_scores, all_heads, reference_means
+    from interp.heads.attention import batch_from_ids, pair_batches
+
+    torch.set_grad_enabled(False)  # a benchmark never needs autograd
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

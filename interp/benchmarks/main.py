@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m interp.bench trace`` and ``python -m interp.bench ablate``.
+"""Benchmarks: ``python -m interp.bench trace``, ``python -m interp.bench ablate`` and ``python -m interp.bench load``.
 
 Each benchmark times the fast engine and its plain reference side by side in one process and
 prints ratios; the README's performance section quotes their output with the command.
@@ -10,13 +10,17 @@ import importlib
 import sys
 
 BENCHMARKS = {"trace": "interp.benchmarks.trace", "ablate": "interp.benchmarks.ablate",
-              "image-trace": "interp.benchmarks.image_trace"}
+              "image-trace": "interp.benchmarks.image_trace", "load": "interp.benchmarks.load"}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    usage = f"usage: python -m interp.bench {{{'|'.join(BENCHMARKS)}}} [options]   (python -m interp.bench NAME --help for its options)"
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)  # noqa: T201 - the command's answer
+        return 0
     if not argv or argv[0] not in BENCHMARKS:
-        print(f"usage: python -m interp.bench {{{'|'.join(BENCHMARKS)}}} [options]", file=sys.stderr)  # noqa: T201
+        print(usage, file=sys.stderr)  # noqa: T201
         return 2
     module = importlib.import_module(BENCHMARKS[argv[0]])
     return int(module.main(argv[1:]) or 0)

@@ -24,33 +24,42 @@ import logging
 import os
 import tempfile
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-
-from interp.data.negation import AlignedPair, align_pairs, load_existence_pairs
-from interp.runs.rundir import ItemTable
-from interp.data.scoring import score
-from interp.tracing.engine import patched_scores, uses_fast_path
-from interp.tracing.inputs import build_runs
-from interp.tracing.reference import reference_patched_scores
+# Light imports only at module level (--help must not wait for torch); the work imports in main().
+from interp.data.negation import align_pairs, load_existence_pairs
+from interp.tracing.options import DEFAULT_BUDGET_MB, DEFAULT_CHUNK_ITEMS
 from interp.tracing.spec import TraceSpec
-from interp.tracing.sweep import DEFAULT_CHUNK_ITEMS, run_sweep, text_directions
+
+if TYPE_CHECKING:
+    from interp.data.negation import AlignedPair
 
 log = logging.getLogger("interp.bench.trace")
 _MATMUL_SHAPE = (2048, 512, 2048)
 
 
 def measure_matmul_gflops(repeats: int = 20) -> float:
-    """float32 GFLOP/s of a [2048 x 512] @ [512 x 2048] matmul (a transformer MLP's shape)."""
+    """float32 GFLOP/s (wall) of a [2048 x 512] @ [512 x 2048] matmul (a transformer MLP's shape)."""
+    return measure_matmul_rates(repeats)[0]
+
+
+def measure_matmul_rates(repeats: int = 20) -> tuple[float, float]:
+    """float32 matmul rate of the MLP-shaped product: (GFLOP per wall second, GFLOP per CPU second).
+
+    The CPU rate is what one CPU-second of this process buys, whatever else loads the machine: the
+    yardstick of the CPU-time floor."""
+    import torch
+
     m, k, n = _MATMUL_SHAPE
     a, b = torch.randn(m, k), torch.randn(k, n)
     for _ in range(3):
         a @ b
-    start = time.perf_counter()
+    clock = _Clock()
     for _ in range(repeats):
         a @ b
-    return 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9
+    wall, cpu = clock.stop()
+    flops = 2 * m * k * n * repeats
+    return flops / wall / 1e9, flops / max(cpu, 1e-9) / 1e9
 
 
 def _row_flops(cfg) -> float:
@@ -63,19 +72,33 @@ def loop_flops(cfg, items: Sequence[AlignedPair], n_states: int) -> float:
     return sum(n_states * a.length * cfg.n_layers * a.length * _row_flops(cfg) for a in items)
 
 
-def engine_flops(model, items: Sequence[AlignedPair]) -> float:
-    """FLOPs the engine's fast path executes (clean runs counted as two full runs: an upper bound)."""
+def floor_cells(model, items: Sequence[AlignedPair]) -> tuple[int, float]:
+    """(cells that need compute, their FLOP floor) of a residual patching sweep.
+
+    A cell (state l, position p) needs compute when no exact shortcut settles it: p at or after the
+    first position where N and A differ (before it the patch is a no-op), 0 < l < L (layer 0 and
+    the last state are settled exactly). Its floor is the least dense work any method must do: by
+    causality only positions p..EOT change, from block l on; the last block needs K and V of those
+    rows but the full block only on the pooled row."""
     cfg = model.cfg
     f_row, f_kv = _row_flops(cfg), 2.0 * 2 * cfg.d_model**2
-    total = 0.0
+    cells, total = 0, 0.0
     for a in items:
         n, first = a.length, a.negator_pos
-        total += 2 * cfg.n_layers * n * f_row  # clean base and source runs
-        for start in range(1, cfg.n_layers):  # layer 0 and layer L cells are settled by shortcuts
+        for start in range(1, cfg.n_layers):
             for p in range(first, n):
                 rows = n - p
+                cells += 1
                 total += (cfg.n_layers - 1 - start) * rows * f_row + rows * f_kv + f_row
-    return total
+    return cells, total
+
+
+def engine_flops(model, items: Sequence[AlignedPair]) -> float:
+    """FLOPs the engine's fast path executes: the floor plus its clean runs (base, and the source
+    from the first differing position; counted as two full runs, an upper bound)."""
+    cfg = model.cfg
+    clean = sum(2 * cfg.n_layers * a.length * _row_flops(cfg) for a in items)
+    return floor_cells(model, items)[1] + clean
 
 
 class _Clock:
@@ -97,8 +120,10 @@ def _subset(items: Sequence[AlignedPair], k: int) -> list[AlignedPair]:
     return [order[int(i * step + step / 2)] for i in range(k)]
 
 
-@torch.no_grad()
 def _time_engine(model, items, chunk_items, budget_mb):
+    from interp.runs.rundir import ItemTable
+    from interp.tracing.sweep import run_sweep, text_directions
+
     directions = text_directions(model)
     with tempfile.TemporaryDirectory() as tmp:
         table = ItemTable(tmp)
@@ -108,21 +133,27 @@ def _time_engine(model, items, chunk_items, budget_mb):
         return clock.stop(), stats
 
 
-@torch.no_grad()
 def _time_reference(model, items):
-    runs, _ = build_runs(model, items, text_directions(model)(items, range(len(items))))
+    from interp.tracing.inputs import TEXT_TARGET, build_runs
+    from interp.tracing.reference import reference_patched_scores
+
+    runs, _ = build_runs(model, items, TEXT_TARGET)
     clock = _Clock()
     result = reference_patched_scores(model, runs, TraceSpec(model.cfg.n_layers))
     return clock.stop(), result, runs
 
 
-@torch.no_grad()
 def _time_transformer_lens(model, items):
     """TL's get_act_patch_resid_pre per item; returns seconds and [item] of [n_layers, pos] scores."""
+    import torch
+
     from transformer_lens import patching
 
+    from interp.data.scoring import score
+    from interp.tracing.sweep import explicit_text_directions
+
     patching.tqdm = lambda iterable, *a, **k: iterable  # silence TL's per-call progress bar
-    directions = text_directions(model)(items, range(len(items)))
+    directions = explicit_text_directions(model, items)
     outputs = []
     clock = _Clock()
     for k, item in enumerate(items):
@@ -141,17 +172,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--items", type=int, help="trace only the first N minimal pairs (default all 490)")
     parser.add_argument("--slow-items", default="12", help="items the slow methods run on ('all' = every item; default 12)")
     parser.add_argument("--chunk-items", type=int, default=DEFAULT_CHUNK_ITEMS)
-    parser.add_argument("--budget-mb", type=float, default=768)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--compare-chunks", default="",
+                        help="also time the engine's full sweep at these --chunk-items values, e.g. 1,4,16 (against the floor)")
+    parser.add_argument("--budget-mb", type=float, default=DEFAULT_BUDGET_MB)
+    parser.add_argument("--threads", type=int,
+                        help="torch threads (default: the toolkit's choice, interp.runs.threads; 1 makes CPU time = work)")
     return parser
+
+
+def floor_lines(model, items, seconds: tuple[float, float], rates: tuple[float, float], label: str) -> list[str]:
+    """The engine's full sweep against its FLOP floor: achieved rate and CPU time over the CPU floor."""
+    n_cells, floor = floor_cells(model, items)
+    wall, cpu = seconds
+    wall_rate, cpu_rate = rates
+    floor_cpu = floor / (cpu_rate * 1e9)
+    return [
+        f"{label}: FLOP floor {floor / 1e12:.2f} TFLOP ({n_cells} cells need compute) = {floor_cpu:.1f} CPU s at the "
+        f"measured {cpu_rate:.0f} GFLOP per CPU-s; engine {cpu:.1f} CPU s = {cpu / floor_cpu:.2f}x the floor; "
+        f"achieved {floor / wall / 1e9:.1f} GFLOP/s wall (floor FLOPs / wall s) = {100 * floor / wall / 1e9 / wall_rate:.0f}% "
+        f"of the matmul rate {wall_rate:.1f} GFLOP/s wall",
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    import torch
+
     from interp.models.loading import load_text_encoder
+    from interp.runs.threads import choose_threads
+    from interp.tracing.engine import patched_scores, uses_fast_path
+
+    torch.set_grad_enabled(False)  # a benchmark never needs autograd
+    logging.basicConfig(level=logging.WARNING)
+    n_threads, threads_reason = choose_threads(args.threads)
+    torch.set_num_threads(n_threads)
 
     model = load_text_encoder(args.model, None, seed=args.seed)
     cfg = model.cfg
@@ -163,12 +217,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub_cells = sum((cfg.n_layers + 1) * a.length for a in slow)
     sub_cells_tl = sum(cfg.n_layers * a.length for a in slow)
 
-    peak = measure_matmul_gflops()
+    compare_chunks = [int(c) for c in args.compare_chunks.split(",") if c.strip()]
+    rates_before = measure_matmul_rates()
+    peak = rates_before[0]
     engine_s, stats = _time_engine(model, items, args.chunk_items, args.budget_mb)
+    chunk_runs = [(c, _time_engine(model, items, c, args.budget_mb)[0]) for c in compare_chunks]
     engine_sub_s, _ = _time_engine(model, slow, args.chunk_items, args.budget_mb)
     ref_s, ref, runs = _time_reference(model, slow)
     tl_s, tl = _time_transformer_lens(model, slow)
-    peak_after = measure_matmul_gflops()
+    rates_after = measure_matmul_rates()
+    peak_after = rates_after[0]
+    rates = ((rates_before[0] + rates_after[0]) / 2, (rates_before[1] + rates_after[1]) / 2)
 
     # parity on the subset: engine vs loop (all states) and vs TL (states 0..L-1)
     engine_sub = patched_scores(model, runs, TraceSpec(cfg.n_layers))
@@ -181,12 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [
         f"python -m interp.bench trace {' '.join(argv or [])}".rstrip(),
         f"model {cfg.model_name} (random init, seed {args.seed}): {cfg.n_layers} layers, d_model {cfg.d_model}, "
-        f"fp32, {torch.get_num_threads()} threads; fast path: {uses_fast_path(model)}",
+        f"fp32, {torch.get_num_threads()} threads ({threads_reason}); fast path: {uses_fast_path(model)}",
         f"items: {len(items)} (lengths {min(a.length for a in items)}-{max(a.length for a in items)}), "
         f"cells: {n_cells} (engine/loop: {cfg.n_layers + 1} states x positions), {n_cells_tl} for TL ({cfg.n_layers} resid_pre)",
         f"slow methods on {len(slow)} items ({sub_cells} cells)" + (
             "; full-sweep times for them EXTRAPOLATED from their per-cell rate" if extrapolated else "; no extrapolation"),
-        f"machine: float32 matmul {peak:.1f} GFLOP/s before, {peak_after:.1f} after; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}",
+        f"machine: float32 matmul {peak:.1f} GFLOP/s before, {peak_after:.1f} after "
+        f"({rates_before[1]:.0f} and {rates_after[1]:.0f} GFLOP per CPU-s); load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}",
         "",
         "| method | items | wall s | CPU s | cells/s (wall) | engine speedup per cell (wall / CPU) | GFLOP/s (wall) | % of matmul rate |",
         "|---|---|---|---|---|---|---|---|",
@@ -215,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{' (extrapolated)' if extrapolated else ''} -> {ref_full / e_wall:.1f}x; TL {tl_full:.0f} s"
         f"{' (extrapolated)' if extrapolated else ''} -> {(tl_full / n_cells_tl) / (e_wall / n_cells):.1f}x per cell",
         f"engine cells: {stats.cells_forward} by forward, {stats.cells_shortcut} by exact shortcuts",
+        "",
+        *floor_lines(model, items, engine_s, rates, f"engine, full sweep, --chunk-items {args.chunk_items}"),
+        *(line for c, s in chunk_runs for line in floor_lines(model, items, s, rates, f"engine, full sweep, --chunk-items {c}")),
         f"parity on the subset: max |engine - loop| = {diff_ref:.2e}, max |engine - TL| = {diff_tl:.2e} (patched scores)",
     ]
     print("\n".join(lines))  # noqa: T201 - the benchmark's output

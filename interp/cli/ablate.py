@@ -17,22 +17,20 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import pandas as pd
-import torch
-from tqdm.auto import tqdm
-
-from interp.heads.ablation import METHODS, MEAN_OVER, SITES, Component, ablation_scores, check_components, reference_means, resample_donors
-from interp.heads.attention import batch_from_ids, negator_attention
-from interp.heads.direct_effects import direct_effects, direct_effects_on_d
+# Light imports only at module level (--help and argument errors must not wait for torch).
 from interp.cli.common import add_model_args, load_model_from_args, run_cli
 from interp.data.negation import ROLES, align_pairs, load_existence_pairs
+from interp.data.segment_labels import SEGMENT_LABELS
 from interp.errors import ClipInterpError
-from interp.models.loading import weights_fingerprint
-from interp.runs.report import Report
-from interp.runs.rundir import RunDir, default_run_dir
-from interp.data.scoring import SEGMENT_LABELS, TEXT_MODE_NOTE, image_target_directions, score, segments, text_target_directions
+from interp.heads.options import MEAN_OVER, METHODS, SITES
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from interp.heads.ablation import Component
 
 log = logging.getLogger("interp.ablate")
 KIND_CHOICES = ("head", "attn", "mlp")
@@ -73,6 +71,8 @@ def _int_list(text: str | None, what: str) -> list[int] | None:
 
 def parse_components(model, kinds: str, layers: str | None) -> list[Component]:
     """Components from ``--components`` and ``--layers`` (0-indexed), range-checked."""
+    from interp.heads.ablation import Component, check_components
+
     chosen = [k.strip() for k in kinds.split(",") if k.strip()]
     bad = [k for k in chosen if k not in KIND_CHOICES]
     if bad or not chosen:
@@ -104,6 +104,11 @@ def _image_embeddings(args, model, aligned) -> torch.Tensor:
 
 def targets(args, model, aligned) -> tuple[str, torch.Tensor, torch.Tensor]:
     """(target kind, directions of the first sentence [item, d], of the second sentence)."""
+    import torch
+
+    from interp.data.scoring import image_target_directions, text_target_directions
+    from interp.heads.attention import batch_from_ids
+
     if not (args.images or args.image_embeddings or args.target):
         raise ClipInterpError(
             "no target: pass --images DIR (the Visual7W images) or --image-embeddings FILE to score against "
@@ -129,6 +134,8 @@ def sentences(aligned, target: str) -> tuple[list, list]:
 
 def role_masks(aligned, width: int) -> dict[str, torch.Tensor]:
     """``{role: [2 * item, width]}`` masks of each role's positions (both sentences share roles)."""
+    import torch
+
     out = {}
     for role in ROLES:
         mask = torch.zeros(len(aligned), width, dtype=torch.bool)
@@ -141,6 +148,12 @@ def role_masks(aligned, width: int) -> dict[str, torch.Tensor]:
 
 def ablate_items(model, aligned, dirs1, dirs2, comps, args, target, means, donors) -> pd.DataFrame:
     """Rows (item x component x role) for a chunk of items: clean and ablated value, effect."""
+    import pandas as pd
+    import torch
+
+    from interp.heads.ablation import ablation_scores
+    from interp.heads.attention import batch_from_ids
+
     first, second = sentences(aligned, target)
     batch = batch_from_ids(model, first + second)
     directions = torch.cat([dirs1, dirs2])
@@ -169,6 +182,8 @@ def ablate_items(model, aligned, dirs1, dirs2, comps, args, target, means, donor
 
 def summarize_ablation(rows: pd.DataFrame, target: str) -> pd.DataFrame:
     """Per (component, role, group): n, mean clean and ablated d, mean effect, accuracies (images)."""
+    import pandas as pd
+
     out = []
     for group, part in [("all", rows), *rows.groupby("negation_side")]:
         keys = ["component", "kind", "layer", "head", "role"]
@@ -185,6 +200,11 @@ def summarize_ablation(rows: pd.DataFrame, target: str) -> pd.DataFrame:
 
 def direct_effect_tables(model, aligned, dirs1, dirs2, target, batch_size: int = 64):
     """(per-item long table, summary table, max |sum of parts - embedding|)."""
+    import pandas as pd
+
+    from interp.heads.attention import batch_from_ids
+    from interp.heads.direct_effects import direct_effects, direct_effects_on_d
+
     frames, worst = [], 0.0
     for start in range(0, len(aligned), batch_size):
         part = aligned[start:start + batch_size]
@@ -209,6 +229,11 @@ def direct_effect_tables(model, aligned, dirs1, dirs2, target, batch_size: int =
 
 def select_items(args, model, aligned, dirs1, dirs2, target):
     """Apply --segment (image target only); returns (items, dirs1, dirs2, exclusions)."""
+    import torch
+
+    from interp.data.scoring import TEXT_MODE_NOTE, score, segments
+    from interp.heads.attention import batch_from_ids
+
     if args.segment == "all":
         return aligned, dirs1, dirs2, []
     if target != "image":
@@ -241,6 +266,13 @@ def _top(frame: pd.DataFrame, column: str, k: int = 5) -> str:
 
 def write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loaded, dirs1, dirs2, comps) -> None:
     """Aggregated tables, figures and report.md, all drawn from the per-item tables."""
+    import torch
+
+    from interp.data.scoring import TEXT_MODE_NOTE, score
+    from interp.heads.attention import batch_from_ids, negator_attention
+    from interp.models.loading import weights_fingerprint
+    from interp.runs.report import Report
+
     order = [a.pair.item_id for a in aligned]
     rows = run.items.read(order)
     summary = summarize_ablation(rows, target)
@@ -358,6 +390,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ClipInterpError(f"--method {args.method!r} does not exist: choose one of {', '.join(METHODS)}")
     if args.limit is not None and args.limit < 1:
         raise ClipInterpError(f"--limit {args.limit} must be at least 1")
+    from tqdm.auto import tqdm
+
+    from interp.heads.ablation import reference_means, resample_donors
+    from interp.heads.attention import batch_from_ids
+    from interp.models.loading import weights_fingerprint
+    from interp.runs.rundir import RunDir, default_run_dir
+
     model = load_model_from_args(args).eval()
     comps = parse_components(model, args.components, args.layers)
     loaded = load_existence_pairs()
@@ -376,7 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "segment": args.segment, "limit": args.limit,
     }
     out = Path(args.out) if args.out else default_run_dir("ablate", args.model, args.method)
-    run = RunDir(out, "ablate", settings, info={"device": args.device, "argv": list(argv or sys.argv[1:])})
+    run = RunDir(out, "ablate", settings, info={"device": args.device, "argv": list(argv or sys.argv[1:]),
+                                                "threads": args.threads_chosen, "threads_reason": args.threads_reason})
 
     # The reference set is every selected item (fixed before any chunk runs, so resuming gives the same values).
     first, second = sentences(aligned, target)

@@ -11,15 +11,28 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-import torch
-
+# Only light imports here: every command's parser is built from this module, and --help must not
+# wait for torch (the loaders import it when a model is built).
 from interp.errors import ClipInterpError
-from interp.models.loading import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from interp.models.names import DEFAULT_MODEL, DEFAULT_PRETRAINED, DTYPE_NAMES
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 EXIT_USER_ERROR = 2
+
+
+def torch_dtype(name: str):
+    """The torch dtype ``--dtype NAME`` names (one of :data:`DTYPE_NAMES`)."""
+    import torch
+
+    return getattr(torch, name)
+
+
+def __getattr__(name: str) -> Any:
+    # ``DTYPES`` (name -> torch dtype) is built on first use, so importing this module stays light.
+    if name == "DTYPES":
+        return {n: torch_dtype(n) for n in DTYPE_NAMES}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -29,23 +42,42 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
                        help="open_clip tag, checkpoint file, Hugging Face directory, 'none' for random init, or 'default': the model's reference weights (openai for open_clip models, packaged weights for all-MiniLM-L6-v2, random for tiny)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    group.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="precision of the encoder (default float32)")
+    group.add_argument("--dtype", default="float32", choices=sorted(DTYPE_NAMES), help="precision of the encoder (default float32)")
     group.add_argument("--seed", type=int, default=0, help="seed of random init and of every random draw (default 0)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
 
 
 def check_device(device: str) -> None:
+    import torch
+
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ClipInterpError(f"--device {device} asked for, but torch sees no CUDA device here: use --device cpu")
 
 
+def setup_threads(args: argparse.Namespace) -> tuple[int, str]:
+    """Set torch's threads by the policy of :func:`interp.runs.threads.choose_threads` (``--threads``
+    when the command has it and it is given; else automatic) and record the choice on ``args``
+    (``threads_chosen``, ``threads_reason``), which the commands' config.json records."""
+    import torch
+
+    from interp.runs.threads import choose_threads
+
+    n, reason = choose_threads(getattr(args, "threads", None))
+    torch.set_num_threads(n)
+    args.threads_chosen, args.threads_reason = n, reason
+    logging.getLogger(__name__).info("torch threads: %d (%s)", n, reason)
+    return n, reason
+
+
 def load_model_from_args(args: argparse.Namespace):
-    """The hooked text encoder the parsed ``--model/--pretrained/--device/--dtype/--seed`` name."""
+    """The hooked text encoder the parsed ``--model/--pretrained/--device/--dtype/--seed`` name
+    (after setting torch's threads, :func:`setup_threads`)."""
     from interp.models.loading import load_text_encoder
 
     check_device(args.device)
+    setup_threads(args)
     pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
-    return load_text_encoder(args.model, pretrained, device=args.device, dtype=DTYPES[args.dtype], seed=args.seed)
+    return load_text_encoder(args.model, pretrained, device=args.device, dtype=torch_dtype(args.dtype), seed=args.seed)
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:

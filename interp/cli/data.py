@@ -13,11 +13,9 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
-
+# Light imports only at module level (--help must not wait for torch or pandas).
 from interp.cli.common import add_model_args, load_model_from_args, run_cli
 from interp.data.negation import align_pairs, load_existence_pairs, role_table
-from interp.runs.rundir import atomic_write_text, package_versions, write_json
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="folder holding existence.json (default: lookup order, see docs/data.md)")
     parser.add_argument("--all-items", action="store_true", help="do not restrict to VALSE's valid set (mturk.caption >= 2)")
     args = parser.parse_args(argv)
+    import pandas as pd
+
+    from interp.runs.rundir import atomic_write_text, package_versions, write_json
 
     result = load_existence_pairs(valid_only=not args.all_items, data_dir=args.data_dir)
     model = load_model_from_args(args)

@@ -20,12 +20,13 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-
-from interp.cli.common import DTYPES, add_model_args, check_device, run_cli
+from interp.cli.common import add_model_args, check_device, run_cli, setup_threads, torch_dtype
 from interp.errors import ClipInterpError
+
+if TYPE_CHECKING:  # torch loads after the flags are checked, so --help stays instant
+    import torch
 
 log = logging.getLogger("interp.image")
 
@@ -132,14 +133,13 @@ def load_inputs(args: argparse.Namespace, selection: tuple[list, int, int], prep
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup_threads(args)
     from interp.models.clip import check_image_tower_name, load_clip
 
     check_image_tower_name(args.model)
     selection = select_items(args)
     pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
-    clip = load_clip(args.model, pretrained, device=args.device, dtype=DTYPES[args.dtype], seed=args.seed)
+    clip = load_clip(args.model, pretrained, device=args.device, dtype=torch_dtype(args.dtype), seed=args.seed)
     inputs = load_inputs(args, selection, clip.preprocess)
     from interp.cli.image_report import compute, write_outputs
 

@@ -19,22 +19,29 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-import torch
-
+# Light imports only at module level (--help must not wait for torch); the work imports in main().
 from interp.cli.common import add_model_args, load_model_from_args, run_cli
-from interp.data.negation import ROLES, AlignedPair, align_pairs, load_existence_pairs
+from interp.data.negation import ROLES, align_pairs, load_existence_pairs
+from interp.data.segment_labels import SEGMENT_LABELS
 from interp.errors import ClipInterpError
-from interp.models.loading import weights_fingerprint
-from interp.runs.rundir import RunDir, default_run_dir
-from interp.data.scoring import SEGMENT_LABELS, image_target_directions, pairwise_d, score, segments
-from interp.tracing.engine import DEFAULT_BUDGET_MB, uses_fast_path
-from interp.tracing.inputs import DIRECTIONS, MODES, NoiseConfig
-from interp.tracing.noise import DEFAULT_NOISE_ROLES, DEFAULT_NOISE_SCALE, DEFAULT_SAMPLES, embedding_std
+from interp.tracing.options import (
+    DEFAULT_BUDGET_MB,
+    DEFAULT_CHUNK_ITEMS,
+    DEFAULT_NOISE_ROLES,
+    DEFAULT_NOISE_SCALE,
+    DEFAULT_SAMPLES,
+    DIRECTIONS,
+    MODES,
+)
 from interp.tracing.spec import KINDS, TraceSpec
-from interp.tracing.sweep import DEFAULT_CHUNK_ITEMS, fixed_directions, run_sweep, text_directions
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from interp.data.negation import AlignedPair
 
 log = logging.getLogger("interp.trace")
 
@@ -81,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chunk-items", type=int, default=DEFAULT_CHUNK_ITEMS,
                      help=f"items traced together; a killed run loses at most this many (default {DEFAULT_CHUNK_ITEMS})")
     run.add_argument("--budget-mb", type=float, default=DEFAULT_BUDGET_MB, help=f"memory budget of one batch of cells (default {DEFAULT_BUDGET_MB})")
-    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: the physical cores, 1 when the load average says they are busy)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-figures", action="store_true", help="skip the PNG heatmaps (tables and report only)")
     return parser
@@ -124,6 +131,8 @@ def check_target_args(args: argparse.Namespace) -> Target:
 
 
 def _check_clip_like(model, target: Target, model_name: str) -> None:
+    import torch
+
     if target.kind != "image":
         return
     if model.cfg.tokenizer != "clip-bpe" or not bool(torch.isfinite(model.logit_scale)):
@@ -158,25 +167,38 @@ def image_embeddings(args: argparse.Namespace, model, target: Target, files: lis
     return emb.to(model.device, model.dtype)
 
 
-@torch.no_grad()
 def clean_d(model, items: Sequence[AlignedPair], directions: torch.Tensor) -> np.ndarray:
     """``d = S(caption) - S(foil)`` per item (fixed batches over the whole list: deterministic)."""
+    import torch
+
+    from interp.data.scoring import pairwise_d, score
+
     out = []
-    for start in range(0, len(items), _SCORE_BATCH):
-        chunk = items[start:start + _SCORE_BATCH]
-        dirs = directions[start:start + _SCORE_BATCH]
-        s_caption = score(model([a.pair.caption for a in chunk]), dirs)
-        s_foil = score(model([a.pair.foil for a in chunk]), dirs)
-        out.append(pairwise_d(s_caption, s_foil).double().cpu())
+    with torch.no_grad():
+        for start in range(0, len(items), _SCORE_BATCH):
+            chunk = items[start:start + _SCORE_BATCH]
+            dirs = directions[start:start + _SCORE_BATCH]
+            s_caption = score(model([a.pair.caption for a in chunk]), dirs)
+            s_foil = score(model([a.pair.foil for a in chunk]), dirs)
+            out.append(pairwise_d(s_caption, s_foil).double().cpu())
     return torch.cat(out).numpy()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     target = check_target_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = load_model_from_args(args)
+    import numpy as np
+    import torch
+
+    from interp.data.scoring import image_target_directions, segments
+    from interp.models.loading import weights_fingerprint
+    from interp.runs.rundir import RunDir, default_run_dir
+    from interp.tracing.engine import uses_fast_path
+    from interp.tracing.inputs import NoiseConfig
+    from interp.tracing.noise import embedding_std
+    from interp.tracing.sweep import fixed_directions, run_sweep, text_directions
+
+    model = load_model_from_args(args)  # sets torch's threads (--threads or the automatic choice)
     _check_clip_like(model, target, args.model)
     spec = TraceSpec(model.cfg.n_layers, args.kind, args.window)
 
@@ -228,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = {"argv": list(sys.argv[1:] if argv is None else argv), "device": args.device, "limit": args.limit,
             "image_source": target.source,
             "chunk_items": args.chunk_items, "budget_mb": args.budget_mb, "threads": torch.get_num_threads(),
+            "threads_reason": args.threads_reason,
             "fast_path": uses_fast_path(model), "args": vars(args)}
     out = Path(args.out) if args.out else default_run_dir(TOOL, args.model, args.name)
     run = RunDir(out, TOOL, settings, info)

@@ -26,8 +26,8 @@ from jaxtyping import Float
 from torch import Tensor
 from interp.errors import ClipInterpError
 
-TARGET_KINDS = ("image", "text")
-SEGMENT_LABELS = ("incorrect", "ambiguous", "correct")
+from interp.data.segment_labels import SEGMENT_LABELS, TARGET_KINDS  # noqa: F401 - re-exported
+
 SEGMENT_LOWER = -1.0
 SEGMENT_UPPER = 1.0
 TEXT_MODE_NOTE = (

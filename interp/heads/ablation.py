@@ -38,10 +38,7 @@ from interp.models.tokenization import TokenBatch
 
 log = logging.getLogger(__name__)
 
-METHODS = ("zero", "mean", "resample")
-KINDS = ("head", "attn", "mlp")
-SITES = ("z", "result")
-MEAN_OVER = ("items", "positions")
+from interp.heads.options import KINDS, MEAN_OVER, METHODS, SITES  # noqa: E402,F401 - re-exported
 
 
 class AblationError(ClipInterpError, ValueError):

@@ -15,9 +15,11 @@ Nothing here guesses sizes from a name: they are read from the built model or ch
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import importlib
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,10 +35,8 @@ from interp.models.tokenization import CLIPTokenizer
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "ViT-B-32-quickgelu"
-# "default" = the model's reference weights: "openai" for open_clip names that have it (the
-# reference study's checkpoint), the packaged weights of a registered encoder, random for "tiny".
-DEFAULT_PRETRAINED = "default"
+# "default" pretrained = the model's reference weights (see interp.models.names)
+from interp.models.names import DEFAULT_MODEL, DEFAULT_PRETRAINED  # noqa: E402,F401 - re-exported
 REFERENCE_TAG = "openai"
 TINY = "tiny"
 _RANDOM_TAGS = (None, "none", "None", "random")  # every spelling of "random init"
@@ -48,12 +48,48 @@ EXTRA_ENCODERS: dict[str, str] = {
 }
 
 
+# The built-in toy CLIP in open_clip's model-config format: same code paths as ViT-B-32, milliseconds to run.
+_TINY_CONFIG: dict[str, Any] = {
+    "embed_dim": 32,
+    "vision_cfg": {"layers": 2, "width": 64, "head_width": 16, "patch_size": 32, "image_size": 224},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
+    "quick_gelu": False,
+}
+
+
 def _tiny_open_clip_model() -> nn.Module:
-    """A real open_clip ``CLIP`` at toy size: same code paths as ViT-B-32, milliseconds to run."""
+    """A real open_clip ``CLIP`` at toy size (:data:`_TINY_CONFIG`)."""
     open_clip = import_open_clip()
-    vision = open_clip.model.CLIPVisionCfg(layers=2, width=64, head_width=16, patch_size=32, image_size=224)
-    text = open_clip.model.CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=4, layers=2)
-    return open_clip.model.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text, quick_gelu=False)
+    return open_clip.model.CLIP(**copy.deepcopy(_TINY_CONFIG))
+
+
+def _open_clip_config(name: str) -> dict[str, Any]:
+    """open_clip's model config of ``name`` (sizes, activation switch), or the tiny one."""
+    if name == TINY:
+        return copy.deepcopy(_TINY_CONFIG)
+    _check_open_clip_name(name)
+    return copy.deepcopy(import_open_clip().get_model_config(name))
+
+
+def text_tower_only(config: dict[str, Any]) -> bool:
+    """Whether open_clip builds this config's text tower on its own (CLIP / CustomTextCLIP with a
+    transformer text tower); CoCa and Hugging Face text towers go through the full model."""
+    return "multimodal_cfg" not in config and "hf_model_name" not in config.get("text_cfg", {})
+
+
+def _open_clip_text_tower(config: dict[str, Any]) -> tuple[nn.Module, float]:
+    """open_clip's own text tower for ``config`` (its own random init: seed before calling) and the
+    model's initial log logit scale. No image tower is built: for ViT-B-32 that is 88M of 151M
+    parameters and most of the load time."""
+    open_clip = import_open_clip()
+    tower = open_clip.model._build_text_tower(config["embed_dim"], config["text_cfg"], config.get("quick_gelu", False))
+    default_scale = inspect.signature(open_clip.model.CLIP.__init__).parameters["init_logit_scale"].default
+    return tower, float(config.get("init_logit_scale", default_scale))
+
+
+def _text_prefix(config: dict[str, Any]) -> str:
+    """Where the full model keeps its text tower's tensors: on itself (CLIP) or under ``text.`` (CustomTextCLIP)."""
+    return "text." if config.get("custom_text") else ""
 
 
 def _is_random(pretrained: Any) -> bool:
@@ -89,10 +125,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def load_checkpoint_into(model: nn.Module, path: Path, model_name: str) -> None:
-    """Load a state-dict file into an open_clip model, naming every tensor that does not fit."""
-    sd = _read_state_dict(path)
-    expected = model.state_dict()
+def _check_fits(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: Path, model_name: str) -> None:
+    """Raise :class:`CheckpointMismatchError` naming the tensors of ``sd`` that do not fit ``expected``."""
     wrong_shape = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
         for k, v in sd.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)
@@ -105,10 +139,30 @@ def load_checkpoint_into(model: nn.Module, path: Path, model_name: str) -> None:
             f"({len(wrong_shape)} tensors of the wrong shape, {len(missing)} missing): {details}. "
             "Pass the --model name the checkpoint was trained as."
         )
+
+
+def load_checkpoint_into(model: nn.Module, path: Path, model_name: str) -> None:
+    """Load a state-dict file into an open_clip model, naming every tensor that does not fit."""
+    sd = _read_state_dict(path)
+    expected = model.state_dict()
+    _check_fits(sd, expected, path, model_name)
     unexpected = [k for k in sd if k not in expected]
     if unexpected:
         log.warning("checkpoint %s has %d tensors the model does not use (e.g. %s)", path, len(unexpected), unexpected[0])
     model.load_state_dict({k: v for k, v in sd.items() if k in expected})
+
+
+def load_text_checkpoint_into(tower: nn.Module, path: Path, model_name: str, prefix: str) -> float:
+    """Load a full open_clip checkpoint's text-tower tensors (under ``prefix``) into a text tower built
+    alone; the image tower's tensors are never materialised in a model. Returns the checkpoint's log
+    logit scale (NaN when it has none)."""
+    checkpoint = _read_state_dict(path)
+    expected = tower.state_dict()
+    sd = {k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix) and k[len(prefix):] in expected}
+    _check_fits(sd, expected, path, model_name)
+    tower.load_state_dict(sd)
+    scale = checkpoint.get("logit_scale")
+    return float(scale) if scale is not None else float("nan")
 
 
 def create_open_clip_model(
@@ -155,7 +209,23 @@ def create_open_clip_model(
             model = _create_pretrained(open_clip, name, str(pretrained))
         else:
             model = open_clip.create_model(name, pretrained=None)
+    if path is None:
+        _seed_text_part(model, name, seed)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def _seed_text_part(model: nn.Module, name: str, seed: int) -> None:
+    """Give a random full model the text tower :func:`load_text_encoder` builds alone with the same
+    seed, so a random run's image and text towers are one model whichever was built."""
+    config = _open_clip_config(name)
+    if not text_tower_only(config):
+        return
+    torch.manual_seed(seed)
+    tower, _ = _open_clip_text_tower(config)
+    prefix = _text_prefix(config)
+    result = model.load_state_dict({prefix + k: v for k, v in tower.state_dict().items()}, strict=False)
+    if result.unexpected_keys:  # an open_clip layout this loader does not know: fail loudly, not silently
+        raise CheckpointMismatchError(f"{name}: text tower tensors {result.unexpected_keys[:3]} not found in the full model")
 
 
 def _create_pretrained(open_clip: Any, name: str, tag: str) -> nn.Module:
@@ -214,17 +284,32 @@ def _load_hf_clip(source: Any, device: Any, dtype: torch.dtype, label: str) -> H
     return _build(cfg, sd, log_scale, device, dtype)
 
 
-def _build(cfg, sd, log_scale: float, device, dtype) -> HookedTextEncoder:
-    encoder = HookedTextEncoder(cfg, CLIPTokenizer(cfg.n_ctx), init=False)
-    _load_all(encoder, sd)
-    encoder.logit_scale.fill_(log_scale)
+def _build(cfg, sd, log_scale: float, device, dtype, source_dropped: bool = False) -> HookedTextEncoder:
+    """The hooked encoder holding ``sd``. With ``source_dropped`` (the caller built the source model
+    itself and drops it), the encoder takes over ``sd``'s tensors instead of copying them: it is
+    built on the meta device (no memory) and each parameter that is a view of a larger source tensor
+    (per-head slices of a fused QKV, transposes) becomes its own contiguous copy, one at a time, so a
+    load peaks near one copy of the weights instead of two."""
+    if not source_dropped:
+        encoder = HookedTextEncoder(cfg, CLIPTokenizer(cfg.n_ctx), init=False)
+        _load_all(encoder, sd)
+        encoder.logit_scale.fill_(log_scale)
+        return encoder.to(device=device, dtype=dtype).eval()
+    with torch.device("meta"):
+        encoder = HookedTextEncoder(cfg, CLIPTokenizer(cfg.n_ctx), init=False)
+    _load_all(encoder, {**sd, "logit_scale": torch.tensor(log_scale)}, assign=True)
+    sd.clear()  # the caller's dict must not keep the source's storages alive
+    with torch.no_grad():
+        for param in encoder.parameters():
+            if not param.is_contiguous() or param.untyped_storage().nbytes() != param.nbytes:
+                param.data = param.data.clone(memory_format=torch.contiguous_format)
     return encoder.to(device=device, dtype=dtype).eval()
 
 
-def _load_all(encoder: HookedTextEncoder, sd: dict[str, torch.Tensor]) -> None:
+def _load_all(encoder: HookedTextEncoder, sd: dict[str, torch.Tensor], assign: bool = False) -> None:
     """Load converted weights; every parameter must be given (only buffers may be missing)."""
-    result = encoder.load_state_dict(sd, strict=False)
-    missing = [k for k in result.missing_keys if k != "logit_scale"]
+    result = encoder.load_state_dict(sd, strict=False, assign=assign)
+    missing = [k for k in result.missing_keys if k != "logit_scale" or assign]
     if missing or result.unexpected_keys:
         raise CheckpointMismatchError(
             f"converted weights do not fit the hooked encoder: missing {missing[:5]}, unexpected "
@@ -277,12 +362,30 @@ def load_text_encoder(
     if not _is_random(pretrained) and _is_hf_directory(Path(str(pretrained))):
         return _load_hf_clip(str(pretrained), device, dtype, f"{name} ({pretrained})")
     pretrained = resolve_pretrained(name, pretrained)
-    model = create_open_clip_model(name, pretrained, device="cpu", seed=seed)
     tag = None if _is_random(pretrained) else str(pretrained)
-    cfg, sd, log_scale = convert_open_clip_text(model, name, tag)
+    source, log_scale = _open_clip_text_source(name, pretrained, seed)
+    cfg, sd, model_log_scale = convert_open_clip_text(source, name, tag)
+    del source  # only ``sd`` holds its tensors now: _build takes them over
     if tag is None:
         cfg.pretrained = f"random-init (seed {seed})"
-    return _build(cfg, sd, log_scale, device, dtype)
+    return _build(cfg, sd, model_log_scale if log_scale is None else log_scale, device, dtype, source_dropped=True)
+
+
+def _open_clip_text_source(name: str, pretrained: Any, seed: int) -> tuple[nn.Module, float | None]:
+    """The open_clip module to convert and its log logit scale (None: read it from the module).
+
+    Random init and checkpoint files build the text tower alone (seeded; open_clip's own init and
+    code); a pretrained tag, and towers open_clip only builds inside the full model, go through
+    :func:`create_open_clip_model` (the full model is dropped after conversion)."""
+    config = _open_clip_config(name)
+    path = None if _is_random(pretrained) else Path(str(pretrained))
+    if text_tower_only(config) and (path is None or path.is_file()):
+        torch.manual_seed(seed)
+        tower, log_scale = _open_clip_text_tower(config)
+        if path is not None:
+            log_scale = load_text_checkpoint_into(tower, path, name, _text_prefix(config))
+        return tower, log_scale
+    return create_open_clip_model(name, pretrained, device="cpu", seed=seed), None
 
 
 def resolve_pretrained(name: str, pretrained: Any) -> Any:

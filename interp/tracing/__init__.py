@@ -1,6 +1,7 @@
 """Causal tracing of where a text encoder carries negation (negation-spec.md §3).
 
 - :mod:`~interp.tracing.spec`: what a cell patches (kind, window, hook names).
+- :mod:`~interp.tracing.options`: choices and defaults of the commands (no torch).
 - :mod:`~interp.tracing.engine`: the batched engine (exact shortcuts, causal fast path, generic path).
 - :mod:`~interp.tracing.reference`: the plain per-cell loop, the engine's test oracle.
 - :mod:`~interp.tracing.inputs`: minimal pairs -> runs (patch or ROME noise mode) and effects.
@@ -8,20 +9,21 @@
 - :mod:`~interp.tracing.aggregate`: the 8 role rows, sides, segments, per-layer statistics.
 """
 
-from interp.tracing.engine import PatchedScores, TraceRuns, patched_scores, uses_fast_path
-from interp.tracing.inputs import NoiseConfig, build_runs, effects
-from interp.tracing.reference import reference_patched_scores
-from interp.tracing.spec import KINDS, TraceSpec
+from interp._lazy import lazy_exports
 
-__all__ = [
-    "KINDS",
-    "NoiseConfig",
-    "PatchedScores",
-    "TraceRuns",
-    "TraceSpec",
-    "build_runs",
-    "effects",
-    "patched_scores",
-    "reference_patched_scores",
-    "uses_fast_path",
-]
+# Names resolve on first use (PEP 562): the commands import light submodules (spec, options)
+# without pulling torch through this package.
+_EXPORTS = {
+    "KINDS": "interp.tracing.spec",
+    "NoiseConfig": "interp.tracing.inputs",
+    "PatchedScores": "interp.tracing.engine",
+    "TraceRuns": "interp.tracing.engine",
+    "TraceSpec": "interp.tracing.spec",
+    "build_runs": "interp.tracing.inputs",
+    "effects": "interp.tracing.inputs",
+    "patched_scores": "interp.tracing.engine",
+    "reference_patched_scores": "interp.tracing.reference",
+    "uses_fast_path": "interp.tracing.engine",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

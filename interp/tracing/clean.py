@@ -13,7 +13,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.data.scoring import score
 from interp.models.tokenization import TokenBatch
 from interp.tracing.spec import TraceSpec
 
@@ -28,14 +27,17 @@ class CleanRun:
         resid: ``[L + 1, batch, pos, d_model]`` residual states (the inputs of a resumed run).
         keys, values: ``[L, batch, pos, head, d_head]`` per block (read by the causal fast path),
             or None when not asked for.
-        scores: ``[batch]`` score of the clean output against the run's direction.
+        embedding: ``[batch, d_embed]`` the clean output.
+        scores: ``[batch]`` score of the clean output against the run's direction (set by the
+            engine once the directions are known: the text target's come from these embeddings).
     """
 
     states: Float[Tensor, "axis batch pos d_model"]
     resid: Float[Tensor, "layer batch pos d_model"]
     keys: Float[Tensor, "block batch pos head d_head"] | None
     values: Float[Tensor, "block batch pos head d_head"] | None
-    scores: Float[Tensor, " batch"]
+    embedding: Float[Tensor, "batch d_embed"]
+    scores: Float[Tensor, " batch"] | None = None
 
 
 @torch.no_grad()
@@ -43,7 +45,6 @@ def clean_run(
     model,
     batch: TokenBatch,
     x0: Float[Tensor, "batch pos d_model"],
-    direction: Float[Tensor, "batch d_embed"],
     spec: TraceSpec,
     with_kv: bool = False,
 ) -> CleanRun:
@@ -65,7 +66,7 @@ def clean_run(
         resid=torch.stack([cache[name] for name in resid_names]),
         keys=keys,
         values=values,
-        scores=score(embedding, direction),
+        embedding=embedding,
     )
 
 

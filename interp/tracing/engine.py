@@ -35,16 +35,32 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from interp.data.scoring import score
+from interp.data.scoring import score, text_target_directions
 from interp.models.tokenization import TokenBatch
 from interp.tracing.clean import CleanRun, clean_run
 from interp.tracing.spec import POSITIONAL_POOLS, TraceSpec
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUDGET_MB = 768
+from interp.tracing.options import DEFAULT_BUDGET_MB  # noqa: E402,F401 - re-exported
 _FLOAT_BYTES = 4
 FAST_POOLS = ("argmax", "eos", "last")
+
+
+@dataclass(frozen=True)
+class TextTarget:
+    """The text target's score direction, read from the clean runs the sweep computes anyway:
+    ``normalize(e_N) - normalize(e_A)`` (:func:`interp.data.scoring.text_target_directions`), with N
+    the source run (``negated="source"``: patching N into A) or the base run (``"base"``). Saves the
+    two extra forwards per item that computing it beforehand would cost."""
+
+    negated: str = "source"
+
+    def directions(self, e_base: Float[Tensor, "run d_embed"], e_source: Float[Tensor, "run d_embed"]) -> Float[Tensor, "run d_embed"]:
+        if self.negated not in ("source", "base"):
+            raise ValueError(f"TextTarget.negated must be 'source' or 'base', got {self.negated!r}")
+        e_n, e_a = (e_source, e_base) if self.negated == "source" else (e_base, e_source)
+        return text_target_directions(e_n, e_a)
 
 
 @dataclass
@@ -55,13 +71,14 @@ class TraceRuns:
         batch: tokens ``[run, pos]`` (masks and pooling positions; padded to the longest run).
         base_x0: ``[run, pos, d_model]`` layer-0 residual of the run that is patched into.
         source_x0: ``[run, pos, d_model]`` layer-0 residual of the run the patched states come from.
-        direction: ``[run, d_embed]`` score direction (:func:`interp.data.scoring.score`).
+        direction: ``[run, d_embed]`` score direction (:func:`interp.data.scoring.score`), or a
+            :class:`TextTarget` (computed from the clean runs' own embeddings).
     """
 
     batch: TokenBatch
     base_x0: Float[Tensor, "run pos d_model"]
     source_x0: Float[Tensor, "run pos d_model"]
-    direction: Float[Tensor, "run d_embed"]
+    direction: Float[Tensor, "run d_embed"] | TextTarget
 
     def __len__(self) -> int:
         return self.base_x0.shape[0]
@@ -74,6 +91,7 @@ class PatchedScores:
     Attributes:
         patched: ``[run, axis, pos]`` score with the cell patched (NaN at padded positions).
         base, source: ``[run]`` clean scores of the base and source runs.
+        direction: ``[run, d_embed]`` the score directions used (resolved from a :class:`TextTarget`).
         n_forward, n_base_equal, n_source_equal: cells computed by a forward, and cells settled
             exactly by the shortcuts (equal to the base run / to the source run).
     """
@@ -81,6 +99,7 @@ class PatchedScores:
     patched: Float[Tensor, "run axis pos"]
     base: Float[Tensor, " run"]
     source: Float[Tensor, " run"]
+    direction: Float[Tensor, "run d_embed"] | None = None
     n_forward: int = 0
     n_base_equal: int = 0
     n_source_equal: int = 0
@@ -183,12 +202,16 @@ def patched_scores(
     use_fast = uses_fast_path(model) if fast is None else fast
     if use_fast and not uses_fast_path(model):
         raise ValueError("the causal fast path needs a causal, pre-LN encoder pooled at one position")
-    direction = runs.direction.to(device)
     if use_fast and spec.kind == "resid":
-        base, source = clean_runs_fast(model, batch, runs.base_x0.to(device), runs.source_x0.to(device), direction)
+        base, source = clean_runs_fast(model, batch, runs.base_x0.to(device), runs.source_x0.to(device))
     else:
-        base = clean_run(model, batch, runs.base_x0.to(device), direction, spec, with_kv=use_fast)
-        source = clean_run(model, batch, runs.source_x0.to(device), direction, spec)
+        base = clean_run(model, batch, runs.base_x0.to(device), spec, with_kv=use_fast)
+        source = clean_run(model, batch, runs.source_x0.to(device), spec)
+    if isinstance(runs.direction, TextTarget):
+        direction = runs.direction.directions(base.embedding, source.embedding)
+    else:
+        direction = runs.direction.to(device)
+    base.scores, source.scores = score(base.embedding, direction), score(source.embedding, direction)
     base_equal, source_equal, to_run = classify_cells(model, spec, batch, base, source)
     n_runs, n_pos = batch.tokens.shape
     patched = torch.full((n_runs, spec.n_axis, n_pos), float("nan"), device=device, dtype=base.scores.dtype)
@@ -197,10 +220,10 @@ def patched_scores(
     cells = to_run.nonzero()  # [cell, 3] = (run, layer, position)
     if len(cells):
         sweep = _fast_sweep if use_fast else _generic_sweep
-        values = sweep(model, spec, batch, runs.direction.to(device), base, source, cells, budget_mb)
+        values = sweep(model, spec, batch, direction, base, source, cells, budget_mb)
         patched[cells[:, 0], cells[:, 1], cells[:, 2]] = values
     return PatchedScores(
-        patched=patched, base=base.scores, source=source.scores, n_forward=len(cells),
+        patched=patched, base=base.scores, source=source.scores, direction=direction, n_forward=len(cells),
         n_base_equal=int(base_equal.sum()), n_source_equal=int(source_equal.sum()),
     )
 
@@ -330,6 +353,11 @@ def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, p
 
 def _pooled_scores(model, pooled: Float[Tensor, "row d_model"], direction: Float[Tensor, "row d_embed"]) -> Tensor:
     """Scores of final residual rows taken at the pooled position (ln_final, projection, score)."""
+    return score(_pooled_embeddings(model, pooled), direction)
+
+
+def _pooled_embeddings(model, pooled: Float[Tensor, "row d_model"]) -> Float[Tensor, "row d_embed"]:
+    """Embeddings of final residual rows taken at the pooled position (ln_final, projection)."""
     n, device = pooled.shape[0], pooled.device
     one_position = TokenBatch(
         tokens=torch.zeros(n, 1, dtype=torch.long, device=device),
@@ -338,7 +366,7 @@ def _pooled_scores(model, pooled: Float[Tensor, "row d_model"], direction: Float
         token_type_ids=torch.zeros(n, 1, dtype=torch.long, device=device),
         texts=[""] * n,
     )
-    return score(model.pool_and_project(pooled.unsqueeze(1), one_position), direction)
+    return model.pool_and_project(pooled.unsqueeze(1), one_position)
 
 
 def _packed_rows(first: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
@@ -351,8 +379,7 @@ def _packed_rows(first: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor,
-                    direction: Tensor) -> tuple[CleanRun, CleanRun]:
+def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor) -> tuple[CleanRun, CleanRun]:
     """Clean base and source runs with the fast path's packed blocks (residual kind).
 
     The base run computes every real position up to the pooled one. The source run shares the
@@ -387,7 +414,7 @@ def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor
     resid_b = torch.zeros(n_layers + 1, n_runs, n_pos, cfg.d_model, device=device, dtype=base_x0.dtype)
     empty = lambda j: torch.zeros(n_runs, n_pos, n_heads, d_head, device=device, dtype=base_x0.dtype)  # noqa: E731
     row_cell, row_pos, hidden = sweep(base_x0, torch.zeros_like(pool), empty, empty, resid_b, keys, values)
-    base_scores = _pooled_scores(model, hidden[row_pos == pool[row_cell]], direction)
+    base_embedding = _pooled_embeddings(model, hidden[row_pos == pool[row_cell]])
 
     real = batch.attention_mask.to(device)
     differs = (base_x0 != source_x0).any(-1) & real
@@ -396,10 +423,10 @@ def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor
     row_cell, row_pos, hidden = sweep(source_x0, first, lambda j: keys[j].clone(), lambda j: values[j].clone(),
                                       resid_s, None, None)
     at_pool = row_pos == pool[row_cell]
-    source_scores = base_scores.clone()
-    source_scores[row_cell[at_pool]] = _pooled_scores(model, hidden[at_pool], direction[row_cell[at_pool]])
-    base = CleanRun(states=resid_b, resid=resid_b, keys=keys, values=values, scores=base_scores)
-    source = CleanRun(states=resid_s, resid=resid_s, keys=None, values=None, scores=source_scores)
+    source_embedding = base_embedding.clone()  # runs whose source equals the base: the base's output
+    source_embedding[row_cell[at_pool]] = _pooled_embeddings(model, hidden[at_pool])
+    base = CleanRun(states=resid_b, resid=resid_b, keys=keys, values=values, embedding=base_embedding)
+    source = CleanRun(states=resid_s, resid=resid_s, keys=None, values=None, embedding=source_embedding)
     return base, source
 
 

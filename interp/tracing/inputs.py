@@ -23,11 +23,13 @@ from torch import Tensor
 
 from interp.data.negation import ROLES, AlignedPair
 from interp.errors import ClipInterpError
-from interp.tracing.engine import PatchedScores, TraceRuns
+from interp.data.scoring import text_target_directions
+from interp.tracing.engine import PatchedScores, TextTarget, TraceRuns
 from interp.tracing.noise import draw_noise, noised_embedding_output
 
-MODES = ("patch", "noise")
-DIRECTIONS = ("denoise", "noise")
+from interp.tracing.options import DIRECTIONS, MODES  # noqa: F401 - re-exported
+
+TEXT_TARGET = "text"  # build_runs(..., directions=TEXT_TARGET): the N-versus-A text target
 
 
 @dataclass(frozen=True)
@@ -63,25 +65,38 @@ def _token_batch(model, texts: list[str], expected: Sequence[Sequence[int]]):
 def build_runs(
     model,
     items: Sequence[AlignedPair],
-    directions: Float[Tensor, "item d_embed"],
+    directions: Float[Tensor, "item d_embed"] | str,
     mode: str = "patch",
     direction: str = "denoise",
     noise: NoiseConfig | None = None,
 ) -> tuple[TraceRuns, int]:
-    """Runs for ``items`` (in order) and the number of runs per item."""
+    """Runs for ``items`` (in order) and the number of runs per item.
+
+    ``directions`` is one score direction per item, or ``"text"`` (:data:`TEXT_TARGET`) for the text
+    target ``normalize(e_N) - normalize(e_A)``: in patch mode the engine reads it from its own clean
+    runs of N and A (:class:`TextTarget`, no extra forward); noise mode has no clean A run, so it is
+    computed here, one batched forward of the items' N and A.
+    """
     if mode not in MODES:
         raise ClipInterpError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
     if direction not in DIRECTIONS:
         raise ClipInterpError(f"--direction {direction!r} is not one of {', '.join(DIRECTIONS)}")
+    text_target = isinstance(directions, str)
+    if text_target and directions != TEXT_TARGET:
+        raise ClipInterpError(f"directions {directions!r}: pass a tensor [item, d_embed] or {TEXT_TARGET!r}")
     batch_n = _token_batch(model, [a.pair.negated for a in items], [a.tokens_negated for a in items])
     x0_n = model(batch_n, stop_at_layer=0)
-    directions = directions.to(model.device, model.dtype)
+    batch_a = _token_batch(model, [a.pair.affirmative for a in items], [a.tokens_affirmative for a in items])
     if mode == "patch":
-        batch_a = _token_batch(model, [a.pair.affirmative for a in items], [a.tokens_affirmative for a in items])
         x0_a = model(batch_a, stop_at_layer=0)
         base, source = (x0_a, x0_n) if direction == "denoise" else (x0_n, x0_a)
         tokens = batch_a if direction == "denoise" else batch_n
-        return TraceRuns(tokens, base, source, directions), 1
+        if text_target:
+            return TraceRuns(tokens, base, source, TextTarget("source" if direction == "denoise" else "base")), 1
+        return TraceRuns(tokens, base, source, directions.to(model.device, model.dtype)), 1
+    if text_target:
+        directions = text_target_directions(model(batch_n), model(batch_a))
+    directions = directions.to(model.device, model.dtype)
     if noise is None:
         raise ClipInterpError("--mode noise needs noise settings (scale, samples, roles)")
     n_samples = noise.samples

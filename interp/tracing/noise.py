@@ -18,9 +18,7 @@ from torch import Tensor
 
 from interp.models.tokenization import TokenBatch
 
-DEFAULT_NOISE_SCALE = 3.0  # ROME's choice: 3 x the embedding std
-DEFAULT_SAMPLES = 10
-DEFAULT_NOISE_ROLES = ("negator",)
+from interp.tracing.options import DEFAULT_NOISE_ROLES, DEFAULT_NOISE_SCALE, DEFAULT_SAMPLES  # noqa: F401 - re-exported
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ import torch
 
 from interp.data.scoring import score
 from interp.models.tokenization import TokenBatch
-from interp.tracing.engine import PatchedScores, TraceRuns
+from interp.tracing.engine import PatchedScores, TextTarget, TraceRuns
 from interp.tracing.spec import TraceSpec
 
 
@@ -47,11 +47,15 @@ def reference_patched_scores(model, runs: TraceRuns, spec: TraceSpec) -> Patched
         n = one.tokens.shape[1]
         base_x0 = runs.base_x0[r:r + 1, :n].to(device)
         source_x0 = runs.source_x0[r:r + 1, :n].to(device)
-        direction = runs.direction[r:r + 1].to(device)
         source_out, cache = model.run_with_cache(one, start_at_layer=0, residual=source_x0,
                                                  names_filter=lambda name: name in names)
+        base_out = model(one, start_at_layer=0, residual=base_x0)
+        if isinstance(runs.direction, TextTarget):  # the text target, from this run's own clean outputs
+            direction = runs.direction.directions(base_out, source_out)
+        else:
+            direction = runs.direction[r:r + 1].to(device)
         source_scores[r] = score(source_out, direction).item()
-        base_scores[r] = score(model(one, start_at_layer=0, residual=base_x0), direction).item()
+        base_scores[r] = score(base_out, direction).item()
         for layer in range(spec.n_axis):
             for pos in range(n):
                 hooks = [(names[j], _set_position(pos, cache[names[j]][0, pos])) for j in spec.window_layers(layer)]

@@ -26,7 +26,7 @@ from interp.data.negation import AlignedPair
 from interp.runs.rundir import ItemTable
 from interp.data.scoring import text_target_directions
 from interp.tracing.engine import DEFAULT_BUDGET_MB, patched_scores
-from interp.tracing.inputs import NoiseConfig, build_runs, effects
+from interp.tracing.inputs import TEXT_TARGET, NoiseConfig, build_runs, effects
 from interp.tracing.spec import TraceSpec
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # this chunk: under a second of compute on a ViT-B-32 text tower). Measured with
 # `python -m interp.bench trace` on 2 cores: 8 items per chunk sweep the 490 pairs in ~45 s (24x the
 # per-cell loop); 1 item per chunk in ~97 s (17x), the batches being too small to fill the matmuls.
-DEFAULT_CHUNK_ITEMS = 8
+from interp.tracing.options import DEFAULT_CHUNK_ITEMS  # noqa: E402,F401 - re-exported
 CELL_COLUMNS = [
     "item_id", "negation_side", "segment", "d", "length", "layer", "position", "role",
     "token_negated", "token_affirmative", "effect", "patched", "base", "source",
@@ -51,16 +51,23 @@ class SweepStats:
     seconds: float = 0.0
 
 
-def text_directions(model) -> Callable[[Sequence[AlignedPair], Sequence[int]], Tensor]:
-    """Direction function for the text target: ``normalize(e_N) - normalize(e_A)`` per item."""
+def text_directions(model) -> Callable[[Sequence[AlignedPair], Sequence[int]], str]:
+    """Direction function for the text target ``normalize(e_N) - normalize(e_A)`` per item: it names
+    the target (:data:`~interp.tracing.inputs.TEXT_TARGET`) and the engine reads ``e_N``, ``e_A``
+    from the clean runs it computes anyway (no extra forward). ``model`` is kept for the signature
+    shared with :func:`fixed_directions`' callers."""
 
-    @torch.no_grad()
-    def directions(items: Sequence[AlignedPair], index: Sequence[int]) -> Tensor:
-        e_n = model([a.pair.negated for a in items])
-        e_a = model([a.pair.affirmative for a in items])
-        return text_target_directions(e_n, e_a)
+    def directions(items: Sequence[AlignedPair], index: Sequence[int]) -> str:
+        return TEXT_TARGET
 
     return directions
+
+
+@torch.no_grad()
+def explicit_text_directions(model, items: Sequence[AlignedPair]) -> Float[Tensor, "item d_embed"]:
+    """The text target's directions by two plain forwards (N and A): what the engine reads from its
+    clean runs, for code that needs the tensor itself (benchmarks, tests)."""
+    return text_target_directions(model([a.pair.negated for a in items]), model([a.pair.affirmative for a in items]))
 
 
 def fixed_directions(table: Float[Tensor, "item d_embed"]) -> Callable[[Sequence[AlignedPair], Sequence[int]], Tensor]:
@@ -108,7 +115,7 @@ def item_rows(item: AlignedPair, effect: np.ndarray, patched: np.ndarray, base: 
 def run_sweep(
     model,
     items: Sequence[AlignedPair],
-    directions: Callable[[Sequence[AlignedPair], Sequence[int]], Tensor],
+    directions: Callable[[Sequence[AlignedPair], Sequence[int]], Tensor | str],
     table: ItemTable,
     spec: TraceSpec,
     *,

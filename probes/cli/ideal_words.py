@@ -14,24 +14,16 @@ import argparse
 import copy
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import pandas as pd
-
+# Light imports only at module level (--help must not wait for torch or pandas).
 from interp.cli.common import add_model_args, load_model_from_args, run_cli
 from probes.concepts import ConceptSet, builtin_names, load_concept_set, load_idiom_tests
-from probes.ideal_words.decomposition import DecompositionError, alphas_from_mapping, parse_alpha_args
-from probes.ideal_words.analysis import (
-    embed_concept_set,
-    ideal_word_rows,
-    idiom_rows,
-    is_random_init,
-    metric_rows,
-    model_label,
-    residual_rows,
-)
-from probes.ideal_words.uses import LabelError, debias_tables, load_image_embeddings, read_labels, zero_shot_tables
-from probes.cli.report import ReportDir, markdown_table, pyplot, versions
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from probes.cli.report import ReportDir
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +69,16 @@ def random_baseline(model: Any, seed: int) -> Any:
 
 
 def _alphas_for(cs: ConceptSet, spec: dict[str, dict[str, float]]) -> list | None:
+    from probes.ideal_words.decomposition import alphas_from_mapping
+
     if not spec:
         return None
     return alphas_from_mapping([f.values for f in cs.factors], cs.factor_names, spec)
 
 
 def _image_inputs(args: argparse.Namespace, sets: list[ConceptSet]) -> tuple[ConceptSet, Any, pd.DataFrame] | None:
+    from probes.ideal_words.uses import LabelError, load_image_embeddings, read_labels
+
     if not (args.image_embeddings or args.images):
         if args.labels:
             raise LabelError("--labels given without --image-embeddings or --images: pass the images too")
@@ -107,6 +103,21 @@ def _image_inputs(args: argparse.Namespace, sets: list[ConceptSet]) -> tuple[Con
 
 def run(args: argparse.Namespace) -> Path:
     """Compute every table and write the report; returns the report directory."""
+    import pandas as pd
+
+    from probes.cli.report import ReportDir, versions
+    from probes.ideal_words.analysis import (
+        embed_concept_set,
+        ideal_word_rows,
+        idiom_rows,
+        is_random_init,
+        metric_rows,
+        model_label,
+        residual_rows,
+    )
+    from probes.ideal_words.decomposition import DecompositionError, parse_alpha_args
+    from probes.ideal_words.uses import debias_tables, zero_shot_tables
+
     spec = parse_alpha_args(args.alpha)
     sets = [load_concept_set(c) for c in (args.concepts or builtin_names())]
     if len({cs.name for cs in sets}) != len(sets):
@@ -169,6 +180,8 @@ def run(args: argparse.Namespace) -> Path:
 
 def draw_figures(rep: ReportDir, frames: dict[str, pd.DataFrame]) -> None:
     """Figures drawn only from the tables."""
+    from probes.cli.report import pyplot
+
     plt, sns = pyplot()
     m = frames["metrics"]
     layers = m[m["layer"] != "final"].copy()
@@ -194,6 +207,8 @@ def draw_figures(rep: ReportDir, frames: dict[str, pd.DataFrame]) -> None:
 
 
 def render_markdown(config: dict[str, Any], frames: dict[str, pd.DataFrame]) -> str:
+    from probes.cli.report import markdown_table
+
     models = config["models"]
     lines = ["# Ideal-word report", ""]
     lines.append("**Model:** " + models[TRAINED]["label"] + (

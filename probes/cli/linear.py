@@ -17,24 +17,17 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-import pandas as pd
-import torch
-
+# Light imports only at module level (--help must not wait for torch, pandas or scikit-learn).
 from interp.cli.common import add_model_args, load_model_from_args, run_cli
-from probes.ideal_words.analysis import is_random_init, model_label
-from probes.linear.probe import (
-    DEFAULT_C,
-    DEFAULT_FOLDS,
-    ProbeError,
-    causal_check,
-    collect_role_features,
-    fit_direction,
-    probe_layers,
-)
-from probes.cli.report import ReportDir, markdown_table, pyplot, versions
+from probes.linear.defaults import DEFAULT_C, DEFAULT_FOLDS
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from probes.cli.report import ReportDir
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse_layers(spec: str, n_layers: int) -> list[int]:
+    from probes.linear.probe import ProbeError
+
     if spec == "all":
         return list(range(n_layers + 1))
     try:
@@ -84,7 +79,11 @@ def _parse_layers(spec: str, n_layers: int) -> list[int]:
 
 def existence_samples(model: Any, data_dir: str | None, limit: int | None):
     """Aligned pairs -> (texts [2n], labels, groups, aligned pairs, rejected table)."""
+    import numpy as np
+    import pandas as pd
+
     from interp.data.negation import align_pairs, load_existence_pairs
+    from probes.linear.probe import ProbeError
 
     pairs = load_existence_pairs(data_dir=data_dir)
     aligned, rejected = align_pairs(pairs.pairs, model.tokenizer)
@@ -112,6 +111,8 @@ def _role_positions(aligned: Sequence[Any], role: str) -> list[list[int]]:
 
 def _score_fn(model: Any, args: argparse.Namespace, texts: list[str], aligned: Sequence[Any]):
     """(score function over final embeddings in ``texts`` order, target description)."""
+    import torch
+
     from interp.data.scoring import image_target_directions, score, text_target_directions
     from probes.embeddings import encode_texts
 
@@ -134,6 +135,13 @@ def _score_fn(model: Any, args: argparse.Namespace, texts: list[str], aligned: S
 
 
 def run(args: argparse.Namespace) -> Path:
+    import numpy as np
+    import pandas as pd
+
+    from probes.cli.report import ReportDir, versions
+    from probes.ideal_words.analysis import is_random_init, model_label
+    from probes.linear.probe import ProbeError, causal_check, collect_role_features, fit_direction, probe_layers
+
     model = load_model_from_args(args)
     layers = _parse_layers(args.layers, model.cfg.n_layers)
     roles = [r.strip() for r in args.roles.split(",") if r.strip()]
@@ -219,6 +227,8 @@ def causal_summary(causal: pd.DataFrame) -> pd.DataFrame:
 
 
 def draw_figures(rep: ReportDir, probe_df: pd.DataFrame, causal: pd.DataFrame) -> None:
+    from probes.cli.report import pyplot
+
     plt, sns = pyplot()
     long = probe_df.melt(id_vars=["role", "layer"], value_vars=["accuracy", "control_accuracy", "selectivity"],
                          var_name="measure")
@@ -234,6 +244,8 @@ def draw_figures(rep: ReportDir, probe_df: pd.DataFrame, causal: pd.DataFrame) -
 
 
 def render_markdown(config: dict[str, Any], probe_df: pd.DataFrame, causal: pd.DataFrame) -> str:
+    from probes.cli.report import markdown_table
+
     m = config["model"]
     lines = ["# Linear probe report: existence (negated vs affirmative)", "",
              f"**Model:** {m['label']}" + ("  (random weights: no number here is a result about a trained model)"

@@ -30,11 +30,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.errors import ClipInterpError
+from interp.runs.threads import single_blas_thread
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FOLDS = 5
-DEFAULT_C = 1.0
+from probes.linear.defaults import DEFAULT_C, DEFAULT_FOLDS  # noqa: E402,F401 - re-exported
 MAX_ITER = 2000
 # Features whose spread is below this share of the largest spread are treated as constant (ignored).
 # Without it, a dimension that is constant up to rounding (e.g. after a final LayerNorm, std ~1e-32)
@@ -121,9 +121,10 @@ def cv_accuracy(features: Float[Tensor, "layer n d"], labels: Sequence[int], fol
             train = np.setdiff1d(all_idx, test)
             if len(np.unique(y[train])) < 2:
                 raise ProbeError(f"fold {k} has one class only in its training part; use fewer folds")
-            scaler = _fit_scaler(X[layer, train])
-            clf = LogisticRegression(C=C, max_iter=MAX_ITER).fit(scaler.transform(X[layer, train]), y[train])
-            out[layer, k] = float((clf.predict(scaler.transform(X[layer, test])) == y[test]).mean())
+            with single_blas_thread():  # small matrices: more BLAS threads only spin (25x the CPU, same fit)
+                scaler = _fit_scaler(X[layer, train])
+                clf = LogisticRegression(C=C, max_iter=MAX_ITER).fit(scaler.transform(X[layer, train]), y[train])
+                out[layer, k] = float((clf.predict(scaler.transform(X[layer, test])) == y[test]).mean())
     return out
 
 
@@ -182,8 +183,10 @@ def fit_direction(features: Float[Tensor, "n d"], labels: Sequence[int], C: floa
     LogisticRegression, _ = _sklearn()
     y = np.asarray(labels).astype(int)
     X = features.detach().to(torch.float64).cpu().numpy()
-    scaler = _fit_scaler(X)
-    clf = LogisticRegression(C=C, max_iter=MAX_ITER).fit(scaler.transform(X), y)
+    with single_blas_thread():  # small matrices: more BLAS threads only spin
+        scaler = _fit_scaler(X)
+        clf = LogisticRegression(C=C, max_iter=MAX_ITER).fit(scaler.transform(X), y)
+        train_predictions = clf.predict(scaler.transform(X))
     w = clf.coef_[0] / scaler.scale_
     norm = np.linalg.norm(w)
     if norm == 0:  # nothing separates the classes (e.g. identical features): a zero direction, no edit
@@ -192,7 +195,7 @@ def fit_direction(features: Float[Tensor, "n d"], labels: Sequence[int], C: floa
     proj = features.detach().to(torch.float64).cpu() @ w
     return ProbeDirection(
         direction=w, mean_pos=float(proj[y == 1].mean()), mean_neg=float(proj[y == 0].mean()),
-        train_accuracy=float((clf.predict(scaler.transform(X)) == y).mean()), layer=layer, role=role,
+        train_accuracy=float((train_predictions == y).mean()), layer=layer, role=role,
     )
 
 
