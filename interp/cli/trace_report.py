@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from interp.data.negation import NEGATION_SIDES
+from interp.presets import preset_sentence
 from interp.runs.report import Report
 from interp.runs.rundir import RunDir, write_csv
 from interp.data.scoring import TEXT_MODE_NOTE, summarize
@@ -136,10 +137,17 @@ def _report(run, ctx, cells, items, by_side, inv, why_not, excluded, figures) ->
              f"effect: {effect_name}; layer axis: {'residual states 0..L (0 = embedding output, l = block l output, before ln_final)' if args.kind == 'resid' else 'blocks 0..L-1'}"]
     if ctx.noise_info:
         ni = ctx.noise_info
-        setup.append(f"noise: {ni['samples']} seeded draws of std {ni['noise_std']:.4g} = {ni['noise_scale']} x token-embedding std "
-                     f"{ni['embedding_std']:.4g}, on roles {', '.join(ni['noise_roles'])}; clean sentence = N")
+        calibrated_on = {"corrupted": "the std of the noised roles' token embeddings (ROME's rule)",
+                         "all_tokens": "the std of every token of both sentences (toolkit option)"}
+        setup.append(f"noise: {ni['samples']} seeded draws of std {ni['noise_std']:.4g} = {ni['noise_scale']} x "
+                     f"{ni['embedding_std']:.4g}, {calibrated_on.get(ni.get('noise_calibration'), 'token-embedding std')}, "
+                     f"on roles {', '.join(ni['noise_roles'])}; clean sentence = N")
+    if "preprocess" in ctx.settings:
+        setup.append(f"image preprocessing: `{ctx.settings['preprocess']}`")
     if args.segment:
         setup.append(f"segment: only items with segment `{args.segment}`")
+    if "preset" in ctx.settings:
+        setup.append(preset_sentence(ctx.settings))
     rep.heading("Setup").bullets(setup)
 
     counts = ctx.counts
