@@ -29,8 +29,7 @@ PAPER_SETTINGS: dict[str, dict[str, Any]] = {
     "negator_attention": {"further_pool": "max", "attention_items": "all"},
     "noise_tracing": {"noise_calibration": "corrupted", "noise_scale": 3.0},
     "matching": {"kernel": "rbf", "protocol": "fixed_base", "local_cka_bandwidth": "per_set"},
-    "assignment_map": {"temperature": 0.01, "sinkhorn_iterations": 3, "sinkhorn_mode": "prior",
-                       "marginal": "frequency"},
+    "assignment_map": {"temperature": 0.01, "sinkhorn_iterations": 3, "marginal": "frequency"},
 }
 
 
