@@ -101,3 +101,24 @@ def test_preset_record_lists_each_deviation():
                                     "negator_attention.further_pool: mean (paper: max)"]
     assert "matching.kernel: linear (paper: rbf)" in preset_sentence(record)
     assert deviations("assignment_map", {"temperature": 0.05}) == ["temperature: 0.05 (paper: 0.01)"]
+
+
+def test_minilm_trace_report_speaks_bert(tmp_path):
+    """A WordPiece, post-LN encoder: [CLS]/[SEP] in the report and figures, no CLIP ln_final on the axis."""
+    from interp.runs.labels import relabel_roles, residual_axis_text, role_names
+
+    out = tmp_path / "minilm"
+    assert trace_main(["--task", "existence", "--model", "all-MiniLM-L6-v2", "--target", "text", "--limit", "2",
+                       "--no-figures", "--no-progress", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "[CLS]" in report and "[SEP]" in report and "post-LN" in report
+    assert "ln_final" not in report and "| SOT" not in report
+    model = interp.load_text_encoder("all-MiniLM-L6-v2")
+    assert role_names(model.cfg) == {"SOT": "[CLS]", "EOT": "[SEP]"}
+    clip = interp.load_text_encoder("tiny")
+    assert role_names(clip.cfg) == {} and "before ln_final" in residual_axis_text(clip.cfg)
+    import pandas as pd
+
+    table = pd.DataFrame({"x": [1, 2]}, index=["SOT", "EOT"])
+    assert list(relabel_roles(table, model.cfg).index) == ["[CLS]", "[SEP]"]
+    assert list(relabel_roles(table, clip.cfg).index) == ["SOT", "EOT"]
