@@ -122,3 +122,57 @@ def test_minilm_trace_report_speaks_bert(tmp_path):
     table = pd.DataFrame({"x": [1, 2]}, index=["SOT", "EOT"])
     assert list(relabel_roles(table, model.cfg).index) == ["[CLS]", "[SEP]"]
     assert list(relabel_roles(table, clip.cfg).index) == ["SOT", "EOT"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--target", "text", "--preprocess", "hf"], "--preprocess hf only applies to images"),
+    (["--target", "text", "--noise-calibration", "all_tokens"], "only applies to --mode noise"),
+])
+def test_trace_refuses_flags_it_would_ignore(tmp_path, capsys, extra, message):
+    from interp.cli.common import run_cli
+
+    out = tmp_path / "bad"
+    assert run_cli(trace_main, ["--task", "existence", "--model", "tiny", "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not out.exists()
+
+
+def test_ablate_refuses_flags_it_would_ignore(tmp_path, capsys):
+    from interp.cli.ablate import main as ablate_main
+    from interp.cli.common import run_cli
+
+    base = ["--model", "tiny", "--pretrained", "none", "--target", "text", "--limit", "3", "--out", str(tmp_path / "x")]
+    assert run_cli(ablate_main, [*base, "--preprocess", "open_clip"]) == 2
+    assert "--preprocess open_clip only applies to images" in capsys.readouterr().err
+    assert run_cli(ablate_main, [*base, "--attention-items", "segment"]) == 2
+    assert "--attention-items segment needs --segment" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("flag,expected", [([], "open_clip"), (["--preprocess", "hf"], "hf")])
+def test_trace_images_use_the_chosen_pipeline_and_record_it(tmp_path, monkeypatch, flag, expected):
+    """--images: the pipeline reaches the image cache (its key) and config.json; open_clip weights default to
+    open_clip's pipeline, listed as a deviation from the study's HF preprocessing."""
+    import torch
+
+    import interp.data.image_cache as image_cache
+
+    seen = {}
+
+    def fake_embed_images(model, model_name, checkpoint, folder, files, *, preprocess, **kwargs):
+        seen["pipeline"] = preprocess.pipeline
+        return torch.randn(len(files), 32, generator=torch.Generator().manual_seed(0))
+
+    monkeypatch.setattr(image_cache, "embed_images", fake_embed_images)
+    images = tmp_path / "images"
+    images.mkdir()
+    out = tmp_path / "run"
+    assert trace_main(["--task", "existence", "--model", "tiny", "--out", str(out), "--no-progress", "--no-figures",
+                       "--images", str(images), "--limit", "1", *flag]) == 0
+    assert seen["pipeline"] == expected
+    settings = json.loads((out / "config.json").read_text())
+    settings = settings.get("settings", settings)
+    assert settings["preprocess"] == expected
+    deviation = "negation_scoring.preprocess: open_clip (paper: hf)"
+    assert (deviation in settings["deviations"]) == (expected == "open_clip")
+    assert f"image preprocessing: `{expected}`" in (out / "report.md").read_text()

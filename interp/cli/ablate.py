@@ -382,6 +382,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ClipInterpError(f"--method {args.method!r} does not exist: choose one of {', '.join(METHODS)}")
     if args.limit is not None and args.limit < 1:
         raise ClipInterpError(f"--limit {args.limit} must be at least 1")
+    if args.preprocess and not args.images:
+        raise ClipInterpError(f"--preprocess {args.preprocess} only applies to images read from --images DIR: "
+                              "drop it, or pass --images")
+    if args.attention_items == "segment" and args.segment == "all":
+        raise ClipInterpError("--attention-items segment needs --segment correct|ambiguous|incorrect: pass one, "
+                              "or drop --attention-items")
     model = load_model_from_args(args).eval()
     comps = parse_components(model, args.components, args.layers)
     loaded = load_existence_pairs()

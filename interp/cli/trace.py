@@ -120,6 +120,12 @@ def check_target_args(args: argparse.Namespace) -> Target:
         )
     if args.limit is not None and args.limit < 1:
         raise ClipInterpError(f"--limit {args.limit} must be at least 1")
+    if args.preprocess and not args.images:
+        raise ClipInterpError(f"--preprocess {args.preprocess} only applies to images read from --images DIR: "
+                              "drop it, or pass --images")
+    if args.mode != "noise" and args.noise_calibration != DEFAULT_NOISE_CALIBRATION:
+        raise ClipInterpError(f"--noise-calibration {args.noise_calibration} only applies to --mode noise: drop it, "
+                              "or pass --mode noise")
     if args.chunk_items < 1:
         raise ClipInterpError(f"--chunk-items {args.chunk_items} must be at least 1")
     if args.mode == "noise" and args.noise_scale <= 0:
