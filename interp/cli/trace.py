@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     noise_info: dict[str, Any] = {}
     if args.mode == "noise":
         roles = tuple(r.strip() for r in args.noise_roles.split(",") if r.strip())
-        noise = NoiseConfig(std=1.0, samples=args.samples, roles=roles, seed=args.seed)  # checks the roles first
+        NoiseConfig(std=1.0, samples=args.samples, roles=roles, seed=args.seed)  # validates --noise-roles before they pick tokens
         std = embedding_std(model, calibration_token_ids(aligned, roles, args.noise_calibration))
         noise = NoiseConfig(std=args.noise_scale * std, samples=args.samples, roles=roles, seed=args.seed)
         noise_info = {"noise_scale": args.noise_scale, "embedding_std": std, "noise_std": noise.std,
