@@ -4,8 +4,6 @@ transparent and greyscale images. Also: the pipeline is part of the image cache 
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -43,14 +41,15 @@ def noisy_image(width: int, height: int, mode: str, seed: int) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def hf_processors():
-    """transformers' PIL-backend and torchvision-backend CLIP image processors (defaults: 224 px)."""
-    pytest.importorskip("transformers")
+    """transformers' PIL-backend and torchvision-backend CLIP image processors (defaults: 224 px).
+    transformers 5 names them CLIPImageProcessorPil / CLIPImageProcessor; 4.x named them
+    CLIPImageProcessor (PIL, the one the negation study ran) / CLIPImageProcessorFast."""
     import_open_clip()  # defines torchvision's missing operators on CPU torch (transformers imports it)
-    for name in [m for m in sys.modules if m.split(".")[0] == "transformers"]:
-        del sys.modules[name]  # a failed first import may have left modules half-imported
-    from transformers import CLIPImageProcessor, CLIPImageProcessorPil
+    import transformers
 
-    return CLIPImageProcessorPil(), CLIPImageProcessor()
+    if hasattr(transformers, "CLIPImageProcessorPil"):
+        return transformers.CLIPImageProcessorPil(), transformers.CLIPImageProcessor()
+    return transformers.CLIPImageProcessor(), transformers.CLIPImageProcessorFast()
 
 
 def grey_levels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
