@@ -4,11 +4,19 @@ Given ``n_base`` known pairs and ``n_query`` items of each space whose pairing i
 the pairing:
 
 - **Seeded QAP**: stack [base; queries] in both spaces, build centred kernels A, B scaled by
-  sqrt(HSIC(K, K)), and maximise trace(A P B P^T) over permutations P with the base block fixed
+  sqrt(HSIC(K, K)) (RBF with the median bandwidth by default, as seed 002's code; linear as an
+  option), and maximise trace(A P B P^T) over permutations P with the base block fixed
   (``scipy.optimize.quadratic_assignment``, FAQ, ``partial_match``, ``maximize``), best of N seeded
   random restarts.
 - **Local CKA**: score(i, j) = CKA([x_i; X_base], [y_j; Y_base]); retrieval ranks the candidates j
-  per query i (top-1/5/10), matching runs the Hungarian algorithm on the score matrix.
+  per query i (top-1/5/10), matching runs the Hungarian algorithm on the score matrix. With the RBF
+  kernel the authors recompute the median bandwidth on each augmented set [x_i; X_base]
+  (``bandwidth="per_set"``, exact, the default); ``"shared"`` uses one bandwidth per space over base +
+  all queries, which allows a closed form (faster, an approximation of the paper's score).
+
+Protocol (:func:`matching_protocol`): by default the base set is drawn once (``base_seed``) and only
+the queries are redrawn per seed (``protocol="fixed_base"``, the authors' code); ``"redraw"`` draws a
+new base and new queries per seed.
 
 The Y-side queries are shuffled by a hidden permutation before matching, so no method can profit
 from the identity being a tie-breaking default.
@@ -35,10 +43,16 @@ from analyses.validation import AnalysisInputError, as_matrix, as_paired, check_
 log = logging.getLogger(__name__)
 
 BaseSelection = Literal["random", "kmeans"]
+Protocol = Literal["fixed_base", "redraw"]
+Bandwidth = Literal["per_set", "shared"]
+from analyses.options import BANDWIDTHS, PROTOCOLS  # noqa: E402,F401 - re-exported (light home: the CLI's choices)
+DEFAULT_KERNEL: Kernel = "rbf"  # seed 002's graph kernel
+_PAIR_CHUNK = 64  # queries per block of the exact per-set local CKA (bounds memory)
+_KEEP_BYTES = 256 * 2**20  # the per-set local CKA keeps all Y-side kernels only below this size
 TOP_K: tuple[int, ...] = (1, 5, 10)
 
 
-def scaled_centered_kernel(x: Float[np.ndarray, "n d"], kernel: Kernel = "linear") -> Float[np.ndarray, "n n"]:
+def scaled_centered_kernel(x: Float[np.ndarray, "n d"], kernel: Kernel = DEFAULT_KERNEL) -> Float[np.ndarray, "n n"]:
     """H K H / sqrt(HSIC(K, K)): the graph QAP aligns (unit Frobenius norm)."""
     if kernel == "linear":
         k = linear_gram(x)
@@ -82,7 +96,7 @@ def seeded_qap(
     *,
     n_restarts: int = 50,
     seed: int = 0,
-    kernel: Kernel = "linear",
+    kernel: Kernel = DEFAULT_KERNEL,
     maxiter: int = 30,
 ) -> QAPResult:
     """Seeded graph matching of the query items of ``x`` and ``y`` with the base pairs fixed."""
@@ -139,27 +153,19 @@ def _augmented_hsic_terms(kb: np.ndarray, kq: np.ndarray, kqq: np.ndarray):
     return row_first, row_rest, total
 
 
-def local_cka_scores(
+def _local_cka_closed_form(
     x_base: Float[np.ndarray, "m p"],
     x_query: Float[np.ndarray, "nq p"],
     y_base: Float[np.ndarray, "m q"],
     y_query: Float[np.ndarray, "nq2 q"],
-    *,
-    kernel: Kernel = "linear",
+    kernel: Kernel,
 ) -> Float[np.ndarray, "nq nq2"]:
     """score[i, j] = CKA([x_query[i]; x_base], [y_query[j]; y_base]) for all pairs, by matrix products.
 
     HSIC(K, L) = tr(KL) - 2/N 1^T K L 1 + (1^T K 1)(1^T L 1)/N^2 with N = m + 1; each term splits into
     per-query vectors and one [nq, m] x [m, nq2] product, so the cost is O(nq nq2 m), not O(nq nq2 m^2).
-    For RBF, sigma^2 is the median heuristic over base + queries of each space.
+    For RBF, sigma^2 is the median heuristic over base + queries of each space (``bandwidth="shared"``).
     """
-    x_base, y_base = as_paired(x_base, y_base, ("x_base", "y_base"), min_rows=2)
-    for name, q, b in (("x_query", x_query, x_base), ("y_query", y_query, y_base)):
-        q = np.asarray(q)
-        if q.ndim != 2 or q.shape[1] != b.shape[1]:
-            raise AnalysisInputError(f"{name} must be [n, {b.shape[1]}] like its base, got shape {q.shape}.")
-
-    x_query, y_query = as_matrix(x_query, "x_query"), as_matrix(y_query, "y_query")
     n = x_base.shape[0] + 1
     kb, kq, kqq = _side_kernels(x_base, x_query, kernel)
     lb, lq, lqq = _side_kernels(y_base, y_query, kernel)
@@ -173,6 +179,89 @@ def local_cka_scores(
     kself = kqq**2 + 2 * np.einsum("im,im->i", kq, kq) + np.sum(kb * kb) - 2.0 / n * (kf**2 + np.einsum("im,im->i", kr, kr)) + kt**2 / n**2
     lself = lqq**2 + 2 * np.einsum("im,im->i", lq, lq) + np.sum(lb * lb) - 2.0 / n * (lf**2 + np.einsum("im,im->i", lr, lr)) + lt**2 / n**2
     return cross / np.sqrt(np.outer(kself, lself))
+
+
+def _augmented_sq_distances(base: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Base-base squared distances [m, m] and query-to-base ones [nq, m], centred on the base first."""
+    mu = base.mean(axis=0)
+    b, q = base - mu, query - mu
+    bn, qn = np.einsum("nd,nd->n", b, b), np.einsum("nd,nd->n", q, q)
+    db = np.maximum(bn[:, None] + bn[None, :] - 2 * b @ b.T, 0)
+    np.fill_diagonal(db, 0.0)
+    return db, np.maximum(qn[:, None] + bn[None, :] - 2 * q @ b.T, 0)
+
+
+def _per_set_centred_kernels(db: np.ndarray, dq: np.ndarray, base_upper: np.ndarray) -> np.ndarray:
+    """Per query i: the centred RBF kernel H K_i H of the augmented set [q_i; base] with sigma^2 the
+    median of its non-zero pairwise squared distances, flattened -> [nq, (m + 1)^2]."""
+    m = db.shape[0]
+    out = np.empty((dq.shape[0], (m + 1) ** 2))
+    for i, row in enumerate(dq):
+        pooled = np.concatenate([base_upper, row])
+        pooled = pooled[pooled > 0]
+        if pooled.size == 0:
+            raise AnalysisInputError("an augmented set has identical rows only: the RBF bandwidth is undefined.")
+        sigma2 = float(np.median(pooled))
+        d = np.empty((m + 1, m + 1))
+        d[0, 0], d[0, 1:], d[1:, 0], d[1:, 1:] = 0.0, row, row, db
+        out[i] = center_gram(np.exp(-d / (2.0 * sigma2))).ravel()
+    return out
+
+
+def _local_cka_per_set(x_base, x_query, y_base, y_query) -> Float[np.ndarray, "nq nq2"]:
+    """Exact RBF local CKA with each augmented set's own median bandwidth (seed 002's score).
+
+    HSIC(K_i, L_j) = <H K_i H, H L_j H> for every (i, j) is one product of the flattened centred
+    kernels, taken in blocks of queries: O(nq nq2 m^2) flops, memory O(block m^2).
+    """
+    dbx, dqx = _augmented_sq_distances(x_base, x_query)
+    dby, dqy = _augmented_sq_distances(y_base, y_query)
+    upper = np.triu_indices(dbx.shape[0], k=1)
+    ux, uy = dbx[upper], dby[upper]
+    scores = np.empty((x_query.shape[0], y_query.shape[0]))
+
+    def y_blocks():
+        for j0 in range(0, y_query.shape[0], _PAIR_CHUNK):
+            yield j0, _per_set_centred_kernels(dby, dqy[j0:j0 + _PAIR_CHUNK], uy)
+
+    # keep the Y kernels between X blocks when they fit the budget, else rebuild them per X block
+    fits = y_query.shape[0] * (dby.shape[0] + 1) ** 2 * 8 <= _KEEP_BYTES
+    kept = list(y_blocks()) if fits else None
+    for i0 in range(0, x_query.shape[0], _PAIR_CHUNK):
+        kx = _per_set_centred_kernels(dbx, dqx[i0:i0 + _PAIR_CHUNK], ux)
+        kx_norm = np.sqrt(np.einsum("ij,ij->i", kx, kx))
+        for j0, ly in (kept if fits else y_blocks()):
+            ly_norm = np.sqrt(np.einsum("ij,ij->i", ly, ly))
+            scores[i0:i0 + len(kx), j0:j0 + len(ly)] = (kx @ ly.T) / np.outer(kx_norm, ly_norm)
+    return scores
+
+
+def local_cka_scores(
+    x_base: Float[np.ndarray, "m p"],
+    x_query: Float[np.ndarray, "nq p"],
+    y_base: Float[np.ndarray, "m q"],
+    y_query: Float[np.ndarray, "nq2 q"],
+    *,
+    kernel: Kernel = DEFAULT_KERNEL,
+    bandwidth: Bandwidth = "per_set",
+) -> Float[np.ndarray, "nq nq2"]:
+    """score[i, j] = CKA([x_query[i]; x_base], [y_query[j]; y_base]) for all pairs.
+
+    ``kernel="rbf"`` with ``bandwidth="per_set"`` (default) is seed 002's score: each augmented set
+    gets its own median bandwidth (exact, O(nq nq2 m^2)). ``"shared"`` is the toolkit's closed form with
+    one bandwidth per space (O(nq nq2 m), an approximation). The linear kernel has no bandwidth.
+    """
+    x_base, y_base = as_paired(x_base, y_base, ("x_base", "y_base"), min_rows=2)
+    for name, q, b in (("x_query", x_query, x_base), ("y_query", y_query, y_base)):
+        q = np.asarray(q)
+        if q.ndim != 2 or q.shape[1] != b.shape[1]:
+            raise AnalysisInputError(f"{name} must be [n, {b.shape[1]}] like its base, got shape {q.shape}.")
+    if bandwidth not in BANDWIDTHS:
+        raise AnalysisInputError(f"bandwidth must be one of {', '.join(BANDWIDTHS)}, got {bandwidth!r}.")
+    x_query, y_query = as_matrix(x_query, "x_query"), as_matrix(y_query, "y_query")
+    if kernel == "rbf" and bandwidth == "per_set":
+        return _local_cka_per_set(x_base, x_query, y_base, y_query)
+    return _local_cka_closed_form(x_base, x_query, y_base, y_query, kernel)
 
 
 def retrieval_topk(scores: Float[np.ndarray, "nq nq"], ks: Sequence[int] = TOP_K) -> dict[str, float]:
@@ -227,6 +316,21 @@ def select_split(
     return np.asarray(chosen), rng.permutation(rest)[:n_query]
 
 
+def protocol_splits(
+    x: Float[np.ndarray, "n p"], n_base: int, n_query: int, seeds: Sequence[int], *,
+    protocol: Protocol = "fixed_base", base_seed: int = 0, base_selection: BaseSelection = "random",
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(base, query) indices per seed: ``"fixed_base"`` draws the base once with ``base_seed`` and the
+    queries per seed from the remaining items; ``"redraw"`` calls :func:`select_split` per seed."""
+    if protocol not in PROTOCOLS:
+        raise AnalysisInputError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}.")
+    if protocol == "redraw":
+        return [select_split(x, n_base, n_query, seed=seed, base_selection=base_selection) for seed in seeds]
+    base = select_split(x, n_base, n_query, seed=base_seed, base_selection=base_selection)[0]
+    rest = np.setdiff1d(np.arange(x.shape[0]), base)
+    return [(base, np.random.default_rng(seed).permutation(rest)[:n_query]) for seed in seeds]
+
+
 def matching_protocol(
     x: Float[np.ndarray, "n p"],
     y: Float[np.ndarray, "n q"],
@@ -236,11 +340,16 @@ def matching_protocol(
     seeds: Sequence[int] = (0, 1, 2),
     stretching: bool = False,
     base_selection: BaseSelection = "random",
-    kernel: Kernel = "linear",
+    kernel: Kernel = DEFAULT_KERNEL,
     qap_restarts: int = 50,
     methods: Sequence[str] = ("qap", "local_cka"),
+    protocol: Protocol = "fixed_base",
+    base_seed: int = 0,
+    local_cka_bandwidth: Bandwidth = "per_set",
 ) -> pd.DataFrame:
-    """The paper's protocol: per seed, one base/query split, QAP and local-CKA matching.
+    """Seed 002's protocol by default: one base set (drawn with ``base_seed``), queries redrawn per
+    seed from the other items, RBF QAP and RBF local CKA with per-set bandwidths. ``protocol="redraw"``
+    draws base and queries anew per seed (the toolkit's earlier split).
 
     Returns one row per (seed, method) with accuracy (one-to-one matching) and, for local CKA,
     top-1/5/10 retrieval.
@@ -254,10 +363,11 @@ def matching_protocol(
     if stretching:
         x, y = stretch(x), stretch(y)
     rows = []
-    for seed in seeds:
-        base, query = select_split(x, n_base, n_query, seed=seed, base_selection=base_selection)
+    splits = protocol_splits(x, n_base, n_query, seeds, protocol=protocol, base_seed=base_seed,
+                             base_selection=base_selection)
+    for seed, (base, query) in zip(seeds, splits):
         common = {"seed": seed, "n_base": n_base, "n_query": n_query, "stretching": stretching,
-                  "base_selection": base_selection, "kernel": kernel}
+                  "base_selection": base_selection, "kernel": kernel, "protocol": protocol}
         if "qap" in methods:
             t0 = time.perf_counter()
             res = seeded_qap(x, y, base, query, n_restarts=qap_restarts, seed=seed, kernel=kernel)
@@ -265,8 +375,8 @@ def matching_protocol(
                          "restarts": qap_restarts, "seconds": time.perf_counter() - t0})
         if "local_cka" in methods:
             t0 = time.perf_counter()
-            scores = local_cka_scores(x[base], x[query], y[base], y[query], kernel=kernel)
-            rows.append({**common, "method": "local_cka", "accuracy": hungarian_accuracy(scores),
+            scores = local_cka_scores(x[base], x[query], y[base], y[query], kernel=kernel, bandwidth=local_cka_bandwidth)
+            rows.append({**common, "method": "local_cka", "bandwidth": local_cka_bandwidth if kernel == "rbf" else "none", "accuracy": hungarian_accuracy(scores),
                          **retrieval_topk(scores), "seconds": time.perf_counter() - t0})
         log.info("matching seed %s done", seed)
     return pd.DataFrame(rows)

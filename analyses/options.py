@@ -9,9 +9,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from analyses.errors import AnalysisInputError
+
 SECTIONS: tuple[str, ...] = ("cka", "layers", "matching", "alignment", "maps")  # report sections, in order
 CSLS_K = 100  # CSLS neighbourhood size
+PROTOCOLS: tuple[str, ...] = ("fixed_base", "redraw")  # matching splits: one base set, or a new base per seed
+BANDWIDTHS: tuple[str, ...] = ("per_set", "shared")  # RBF local CKA bandwidth: exact per query set, or one for all
 DEFAULT_EXTRACT_BATCH_SIZE = 32  # image/text pairs per forward when extracting embeddings
+
+
+MAP_PRESETS: tuple[str, ...] = ("toolkit", "vlap")
+PRESET_LABELS = {"toolkit": "toolkit (tuned; not VLAP's settings)", "vlap": "vlap (VLAP's released settings)"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,22 @@ class AssignmentMapConfig:
     # Torch intra-op threads while training (0 = leave torch's setting). The per-batch ops are small;
     # measured on 2 busy cores, multi-threaded reductions ran ~100x slower than single-threaded ones.
     threads: int = 1
+    preset: str = "toolkit"  # a label only: which named settings these are (see :meth:`from_preset`)
+
+    @classmethod
+    def from_preset(cls, name: str, *, frequencies_given: bool = False, **overrides) -> "AssignmentMapConfig":
+        """``"toolkit"``: the tuned defaults; ``"vlap"``: temperature 0.01, 3 prior-weighted Sinkhorn
+        iterations, word-frequency marginal if ``frequencies_given`` (else uniform)."""
+        if name not in MAP_PRESETS:
+            raise AnalysisInputError(f"map preset {name!r} is not known: use one of {', '.join(MAP_PRESETS)}.")
+        settings = {"preset": name}
+        if name == "vlap":
+            settings.update(temperature=0.01, sinkhorn_iters=3, marginal="frequency" if frequencies_given else "uniform")
+        return cls(**{**settings, **overrides})
+
+    def paper_settings(self) -> dict:
+        """The settings VLAP fixes, in :mod:`interp.presets`' names (for the deviation list)."""
+        return {"temperature": self.temperature, "sinkhorn_iterations": self.sinkhorn_iters, "marginal": self.marginal}
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -100,3 +100,7 @@ def test_image_embeddings_target_reports_accuracy_and_segments(tmp_path):
         assert code == 0
         seg = (tmp_path / "seg" / "report.md").read_text()
         assert f"{6 - n_ambiguous} outside --segment ambiguous" in seg and f"n = {n_ambiguous}**" in seg
+        # the negator attention still covers every item (the study's scope), and the report says so
+        att = read_csv(tmp_path / "seg" / "negator_attention.csv")
+        assert set(att[att.group == "all"].n) == {len(per_item)}
+        assert "--segment restricts the ablation only" in seg and "Preset: `" in seg

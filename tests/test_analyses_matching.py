@@ -32,7 +32,7 @@ def test_local_cka_scores_match_a_loop_over_stacked_cka():
     rng = np.random.default_rng(0)
     xb, xq = rng.normal(size=(7, 4)), rng.normal(size=(5, 4)) + 2.0
     yb, yq = rng.normal(size=(7, 3)), rng.normal(size=(6, 3))
-    fast = local_cka_scores(xb, xq, yb, yq)
+    fast = local_cka_scores(xb, xq, yb, yq, kernel="linear")
     loop = np.array([[cka_from_grams(np.vstack([xq[i], xb]) @ np.vstack([xq[i], xb]).T,
                                      np.vstack([yq[j], yb]) @ np.vstack([yq[j], yb]).T)
                       for j in range(6)] for i in range(5)])
@@ -43,7 +43,7 @@ def test_local_cka_scores_match_a_loop_over_stacked_cka():
         sigma2 = float(np.median([v for v in d_pool if v > 0]))
         return np.array([[np.exp(-np.sum((a - b) ** 2) / (2 * sigma2)) for b in points] for a in points])
 
-    fast = local_cka_scores(xb, xq, yb, yq, kernel="rbf")
+    fast = local_cka_scores(xb, xq, yb, yq, kernel="rbf", bandwidth="shared")  # one bandwidth per space
     xpool, ypool = np.vstack([xb, xq]), np.vstack([yb, yq])
     loop = np.array([[cka_from_grams(rbf_loop(np.vstack([xq[i], xb]), xpool), rbf_loop(np.vstack([yq[j], yb]), ypool))
                       for j in range(6)] for i in range(5)])

@@ -68,7 +68,7 @@ def test_role_table_causal_rows_and_pooling(tiny, pairs):
     aligned = _aligned(tiny, pairs, 5)
     result = negator_attention(tiny, aligned, progress=False)
     for layer in range(tiny.cfg.n_layers):
-        table = result.role_table(layer)
+        table = result.role_table(layer, further_pool="mean")
         assert list(table.index) == list(ROLES)
         heads = [c for c in table.columns if c.startswith("head")]
         # queries before the negator cannot see it under the causal mask

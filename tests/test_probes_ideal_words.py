@@ -67,8 +67,9 @@ def test_exactly_decomposable_grid_is_recovered(shape):
     m = compositionality_metrics(grid)
     assert m["IW"] < 1e-6
     assert m["r2"] == pytest.approx(1.0, abs=1e-12)
-    assert m["rank"] <= m["rank_bound"] == 1 + sum(n - 1 for n in shape)
-    assert m["rank"] == m["rank_bound"]  # generic random factors fill the bound
+    assert m["rank_eps"] <= m["rank_bound"] == 1 + sum(n - 1 for n in shape)
+    assert m["rank_eps"] == m["rank_bound"]  # generic random factors fill the bound
+    assert m["effective_rank"] <= m["rank_bound"]
 
 
 def test_iw_grows_with_noise():
@@ -76,8 +77,9 @@ def test_iw_grows_with_noise():
            for s in (0.0, 0.01, 0.05, 0.2, 1.0)]
     assert ivs[0] < 1e-6
     assert all(b > a for a, b in zip(ivs, ivs[1:])), ivs
-    # rank leaves the bound as soon as there is noise
-    assert compositionality_metrics(planted_grid((4, 5), noise=0.01)[0])["rank"] == 20
+    # the machine-epsilon rank leaves the bound as soon as there is noise; the effective rank does not
+    noisy = compositionality_metrics(planted_grid((4, 5), noise=0.01)[0])
+    assert noisy["rank_eps"] == 20 and noisy["effective_rank"] <= noisy["rank_bound"] == 8
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -185,3 +187,37 @@ def test_bad_inputs_have_clear_errors():
         "object": {"house": 1.0}, "colour": {"red": 0.5, "blue": 0.5}}
     with pytest.raises(DecompositionError, match="unknown value"):
         alphas_from_mapping([["a", "b"]], ["x"], {"x": {"c": 1.0}})
+
+
+def flat_decomposable_grid(shape, d=40):
+    """u_z = c + sum_i f_i[z_i] with every ideal word of one norm and all of them orthogonal: the spread
+    around u_0 is flat over sum(n_i - 1) directions, each holding the same share."""
+    basis = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(7), dtype=torch.float64))[0]
+    grid, start = 3.0 * basis[:, -1].expand(*shape, d).clone(), 0
+    for i, n in enumerate(shape):
+        # n values whose deviations from their mean span n - 1 orthogonal equal-norm directions (a simplex)
+        simplex = torch.eye(n, dtype=torch.float64) - 1.0 / n
+        q = torch.linalg.qr(simplex)[0][:, : n - 1]  # [n, n-1] orthonormal basis of the centred space
+        # [n, n-1] regular simplex, unit spread per axis; x sqrt(n) because the grid repeats it N / n times
+        coords = simplex @ q * n ** 0.5
+        f = coords @ basis[:, start:start + n - 1].T
+        start += n - 1
+        view = [1] * len(shape) + [d]
+        view[i] = n
+        grid = grid + f.reshape(view)
+    return grid
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (3, 2, 4), (6, 6)])
+def test_effective_rank_of_an_exactly_decomposable_set_equals_the_bound(shape):
+    m = compositionality_metrics(flat_decomposable_grid(shape))
+    assert m["IW"] < 1e-9
+    assert m["effective_rank"] == m["rank_bound"] == 1 + sum(n - 1 for n in shape)
+    # by hand: the centred spread is flat, so every direction holds 1 / sum(n_i - 1) of it
+    flat = flat_decomposable_grid(shape).reshape(-1, 40)
+    energy = torch.linalg.svdvals(flat - flat.mean(0)).pow(2)
+    k = sum(n - 1 for n in shape)
+    torch.testing.assert_close(energy[:k] / energy.sum(), torch.full((k,), 1.0 / k, dtype=torch.float64))
+    # a random (non-decomposable) set needs more directions than the bound
+    noise = torch.randn(*shape, 40, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert compositionality_metrics(noise)["effective_rank"] > m["rank_bound"]

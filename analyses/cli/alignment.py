@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 # Light imports only at module level (--help must not wait for numpy, scipy or torch).
 from analyses.errors import AnalysisInputError
-from analyses.options import CSLS_K, SECTIONS, AssignmentMapConfig
+from analyses.options import BANDWIDTHS, CSLS_K, MAP_PRESETS, PROTOCOLS, SECTIONS, AssignmentMapConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,23 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--qap-restarts", type=int, default=50, help="random FAQ restarts per seed (default 50; paper 500)")
     m.add_argument("--stretching", action="store_true", help="standardise each dimension first")
     m.add_argument("--base-selection", choices=("random", "kmeans"), default="random")
-    m.add_argument("--match-kernel", choices=("linear", "rbf"), default="linear")
+    m.add_argument("--match-kernel", choices=("linear", "rbf"), default="rbf",
+                   help="graph kernel of QAP and local CKA (default rbf, seed 002's)")
+    m.add_argument("--match-protocol", choices=PROTOCOLS, default="fixed_base",
+                   help="fixed_base: one base set, queries redrawn per seed (seed 002's; default); redraw: both per seed")
+    m.add_argument("--local-cka-bandwidth", choices=BANDWIDTHS, default="per_set",
+                   help="RBF local CKA: per_set (each augmented set's median, exact; default) or shared (closed form, faster)")
     a = p.add_argument_group("alignment (probes-spec D) and maps (E)")
     a.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     a.add_argument("--csls-k", type=int, default=CSLS_K, help=f"CSLS neighbourhood (default {CSLS_K})")
     a.add_argument("--map-epochs", type=int, default=AssignmentMapConfig.epochs)
     a.add_argument("--map-min-steps", type=int, default=AssignmentMapConfig.min_steps,
                    help="extra epochs until this many optimizer steps (default %(default)s)")
-    a.add_argument("--map-temperature", type=float, default=AssignmentMapConfig.temperature)
+    a.add_argument("--map-preset", choices=MAP_PRESETS, default="toolkit",
+                   help="toolkit: the tuned settings (default); vlap: VLAP's released settings (temperature 0.01, "
+                        "3 prior-weighted Sinkhorn iterations)")
+    a.add_argument("--map-temperature", type=float, default=None,
+                   help="override the preset's temperature (toolkit 0.05, vlap 0.01)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     return p
 
@@ -82,9 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         layer_kernels=tuple(s.strip() for s in args.layer_kernels.split(",") if s.strip()),
         n_base=args.n_base, n_query=args.n_query, match_seeds=_int_list(args.match_seeds, "--match-seeds"),
         qap_restarts=args.qap_restarts, stretching=args.stretching, base_selection=args.base_selection,
-        match_kernel=args.match_kernel, folds=args.folds, csls_k=args.csls_k,
-        map_config=AssignmentMapConfig(epochs=args.map_epochs, min_steps=args.map_min_steps,
-                                       temperature=args.map_temperature, seed=args.seed),
+        match_kernel=args.match_kernel, match_protocol=args.match_protocol,
+        local_cka_bandwidth=args.local_cka_bandwidth, folds=args.folds, csls_k=args.csls_k,
+        map_config=AssignmentMapConfig.from_preset(
+            args.map_preset, epochs=args.map_epochs, min_steps=args.map_min_steps, seed=args.seed,
+            **({} if args.map_temperature is None else {"temperature": args.map_temperature})),
     )
     out = write_report(x, y, args.out, opts, sources=sources, args=vars(args), overwrite=args.overwrite)
     log.info("wrote %s", out)

@@ -22,11 +22,12 @@ import numpy as np
 import pandas as pd
 
 from analyses.alignment.procrustes import CSLS_K, PRECISION_KS, kfold_alignment
-from analyses.assignment_map import AssignmentMapConfig, compare_maps
+from analyses.assignment_map import PRESET_LABELS, AssignmentMapConfig, compare_maps
 from analyses.io import EmbeddingSet, check_pairing
 from analyses.matching import matching_protocol
 from analyses.similarity import cka_matrix, permutation_test
 from analyses.validation import AnalysisInputError
+from interp.presets import preset_record, preset_sentence
 from interp.runs.plots import pyplot_and_seaborn
 from interp.runs.report import markdown_table
 from interp.runs.rundir import package_versions
@@ -51,7 +52,9 @@ class ReportOptions:
     qap_restarts: int = 50
     stretching: bool = False
     base_selection: str = "random"
-    match_kernel: str = "linear"
+    match_kernel: str = "rbf"
+    match_protocol: str = "fixed_base"
+    local_cka_bandwidth: str = "per_set"
     folds: int = 5
     csls_k: int = CSLS_K
     map_config: AssignmentMapConfig = field(default_factory=AssignmentMapConfig)
@@ -60,6 +63,19 @@ class ReportOptions:
         d = asdict(self)
         d["map_config"] = self.map_config.as_dict()
         return d
+
+
+def presets_of(opts: ReportOptions) -> dict[str, Any]:
+    """Preset name and deviations from seed 002 (matching) and VLAP (assignment map) of these options,
+    judged only for the sections that run."""
+    chosen: dict[str, dict[str, Any]] = {}
+    if "matching" in opts.sections:
+        chosen["matching"] = {"kernel": opts.match_kernel, "protocol": opts.match_protocol}
+        if opts.match_kernel == "rbf":
+            chosen["matching"]["local_cka_bandwidth"] = opts.local_cka_bandwidth
+    if "maps" in opts.sections:
+        chosen["assignment_map"] = opts.map_config.paper_settings()
+    return preset_record(chosen)
 
 
 def _pairs_from_groups(groups: np.ndarray | None, n: int) -> np.ndarray:
@@ -107,7 +123,8 @@ def compute_tables(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions) -> dic
         tables["matching"] = matching_protocol(
             x.embeddings, y.embeddings, n_base=opts.n_base, n_query=opts.n_query, seeds=opts.match_seeds,
             stretching=opts.stretching, base_selection=opts.base_selection, kernel=opts.match_kernel,
-            qap_restarts=opts.qap_restarts,
+            qap_restarts=opts.qap_restarts, protocol=opts.match_protocol, base_seed=opts.seed,
+            local_cka_bandwidth=opts.local_cka_bandwidth,
         )
     if "alignment" in opts.sections:
         groups = y.groups if y.groups is not None else x.groups
@@ -156,7 +173,9 @@ def _markdown(tables: dict[str, pd.DataFrame], config: dict[str, Any], figures: 
              f"- X: `{src['x']['path']}`: {src['x']['description']}",
              f"- Y: `{src['y']['path']}`: {src['y']['description']}",
              f"- {src['n']} paired items. All numbers below come from these inputs; they are CLIP results only if "
-             "both inputs were extracted with real CLIP weights.", ""]
+             "both inputs were extracted with real CLIP weights.",
+             f"- {preset_sentence(config['presets'])}",
+             f"- Assignment map settings: {PRESET_LABELS.get(config['options']['map_config']['preset'], '?')}.", ""]
     sections = [
         ("cka", "CKA of the final embeddings, with a shuffled-pairing baseline"),
         ("cka_layers", "Layer-by-layer CKA"),
@@ -198,7 +217,7 @@ def write_report(
         raise AnalysisInputError(f"output directory {out} exists: pass --overwrite or choose another --out.")
     tables = compute_tables(x, y, opts)
     config = {
-        "args": args or {}, "options": opts.as_dict(), "versions": package_versions(),
+        "args": args or {}, "options": opts.as_dict(), "presets": presets_of(opts), "versions": package_versions(),
         "inputs": {"n": x.n,
                    "x": {"path": sources[0], "description": describe(x), "meta": x.meta, "dim": x.embeddings.shape[1],
                          "layers": x.layer_names},

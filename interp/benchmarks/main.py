@@ -10,7 +10,8 @@ import importlib
 import sys
 
 BENCHMARKS = {"trace": "interp.benchmarks.trace", "ablate": "interp.benchmarks.ablate",
-              "image-trace": "interp.benchmarks.image_trace", "load": "interp.benchmarks.load"}
+              "image-trace": "interp.benchmarks.image_trace", "load": "interp.benchmarks.load",
+              "fidelity": "interp.benchmarks.fidelity"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,8 @@ from interp.cli.common import add_model_args, load_model_from_args, run_cli
 from interp.data.negation import ROLES, align_pairs, load_existence_pairs
 from interp.data.segment_labels import SEGMENT_LABELS
 from interp.errors import ClipInterpError
-from interp.heads.options import MEAN_OVER, METHODS, SITES
+from interp.heads.options import FURTHER_POOLS, MEAN_OVER, METHODS, SITES
+from interp.presets import PREPROCESS_PIPELINES, preset_record, preset_sentence
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", help="folder with the Visual7W images of the items")
     src.add_argument("--image-embeddings", help="precomputed image embeddings (.npy/.npz/.safetensors keyed by image file)")
     src.add_argument("--target", choices=["text"], help="score against the N-versus-A text target (no images)")
+    p.add_argument("--preprocess", choices=PREPROCESS_PIPELINES,
+                   help="image preprocessing: hf (CLIPImageProcessor, the negation study's) or open_clip "
+                        "(default: follows the weights' source, hf for a Hugging Face checkpoint)")
     p.add_argument("--method", default="mean", help=f"ablation method: {', '.join(METHODS)} (default mean)")
     p.add_argument("--mean-over", default="items", choices=MEAN_OVER,
                    help="mean per position over the reference sentences (items) or over all their tokens (positions)")
@@ -54,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="comma list of 0-indexed layers (default all)")
     p.add_argument("--by-role", action="store_true", help="also ablate at each token role's positions only")
     p.add_argument("--segment", default="all", choices=["all", *SEGMENT_LABELS], help="items of one d segment (needs images)")
+    p.add_argument("--attention-items", default="all", choices=["all", "segment"],
+                   help="items of the negator-attention analysis: all (the negation study's; default) or only --segment's")
+    p.add_argument("--further-pool", default="max", choices=FURTHER_POOLS,
+                   help="pooling of the 'further' positions in the attention role table: max per item (the study's; default) or mean")
     p.add_argument("--limit", type=int, default=None, help="first N pairs only")
     p.add_argument("--chunk", type=int, default=32, help="items per saved chunk (default 32)")
     p.add_argument("--out", default=None, help="run directory (default results/ablate/<model>/<method>/)")
@@ -97,9 +105,12 @@ def _image_embeddings(args, model, aligned) -> torch.Tensor:
     from interp.data.image_cache import embed_images
     from interp.models.loading import create_open_clip_model, resolve_pretrained
 
+    from interp.data.images import PreprocessConfig, default_pipeline
+
     pretrained = resolve_pretrained(args.model, args.pretrained)
     full = create_open_clip_model(args.model, pretrained, device=args.device, seed=args.seed)
-    return embed_images(full, args.model, pretrained, args.images, files, device=args.device)
+    preprocess = PreprocessConfig.from_model(full, args.preprocess or default_pipeline(pretrained))
+    return embed_images(full, args.model, pretrained, args.images, files, device=args.device, preprocess=preprocess)
 
 
 def targets(args, model, aligned) -> tuple[str, torch.Tensor, torch.Tensor]:
@@ -264,8 +275,11 @@ def _top(frame: pd.DataFrame, column: str, k: int = 5) -> str:
     return ", ".join(f"{r.component} ({r.role}) {getattr(r, column):+.4f}" for r in top.itertuples())
 
 
-def write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loaded, dirs1, dirs2, comps) -> None:
-    """Aggregated tables, figures and report.md, all drawn from the per-item tables."""
+def write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loaded, dirs1, dirs2, comps,
+                  attention_aligned=None) -> None:
+    """Aggregated tables, figures and report.md, all drawn from the per-item tables. The negator
+    attention runs on ``attention_aligned`` (default: the ablated items)."""
+    import numpy as np
     import torch
 
     from interp.data.scoring import TEXT_MODE_NOTE, score
@@ -277,13 +291,14 @@ def write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loa
     rows = run.items.read(order)
     summary = summarize_ablation(rows, target)
     run.write_table(summary, "ablation_summary.csv")
-    att = negator_attention(model, aligned, progress=False)
+    attention_aligned = aligned if attention_aligned is None else attention_aligned
+    att = negator_attention(model, attention_aligned, progress=False)
     att_mean = att.mean_table()
     run.write_table(att.table(), "negator_attention_items.csv")
     run.write_table(att_mean, "negator_attention.csv")
     layer_means = att.mean_scores().mean(1)
     top_layer = int(layer_means.argmax())
-    run.write_table(att.role_table(top_layer).reset_index(), "negator_attention_roles.csv")
+    run.write_table(att.role_table(top_layer, further_pool=args.further_pool).reset_index(), "negator_attention_roles.csv")
     first_comp = rows[(rows.role == "all")].drop_duplicates("item_id").set_index("item_id").loc[order]
     d_clean = torch.tensor(first_comp["d_clean"].to_numpy())
     notes, invariants = [], []
@@ -297,7 +312,11 @@ def write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loa
         gap = att.diff.permute(0, 3, 1, 2)[before].abs().max() if bool(before.any()) else torch.tensor(0.0)
         invariants.append(f"causal mask: attention to the negator from queries before it is 0 in N and A: max |a_N - a_A| = {float(gap):.2e}")
     if target == "image":
-        run.write_table(att.correlation_with(d_clean.numpy()), "negator_attention_d_correlation.csv")
+        # d is known for the ablated items only: correlate on those (their rows in the attention result)
+        att_row = {item_id: i for i, item_id in enumerate(att.item_ids)}
+        d_att = np.full(len(att.item_ids), np.nan)
+        d_att[[att_row[i] for i in order]] = d_clean.numpy()
+        run.write_table(att.correlation_with(d_att, items=[att_row[i] for i in order]), "negator_attention_d_correlation.csv")
     de_summary = None
     if model.cfg.norm == "pre":
         de_items, de_summary, worst = direct_effect_tables(model, aligned, dirs1, dirs2, target)
@@ -348,6 +367,8 @@ def write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loa
         + (f", first {args.limit} kept (--limit)" if args.limit else "")
         + f"; {len(rejected)} not token-aligned; {len(seg_excluded)} outside --segment {args.segment}; **n = {len(aligned)}** analysed.",
         "Layers and heads are 0-indexed in every table and figure (add 1 to both for the paper's L4H2-style labels).",
+        *([f"Image preprocessing: `{run.settings['preprocess']}`."] if "preprocess" in run.settings else []),
+        *([preset_sentence(run.settings)] if "preset" in run.settings else []),
     ])
     if rejected:
         rep.paragraph("Not token-aligned:").bullets(f"{r.pair.item_id}: {r.reason}" for r in rejected[:20])
@@ -368,7 +389,10 @@ def write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loa
     top_att = top_att.assign(label=[f"L{r.layer}H{r.head}" for r in top_att.itertuples()],
                              paper_label=[f"L{r.layer + 1}H{r.head + 1}" for r in top_att.itertuples()])
     rep.heading("Negator-selective attention (`negator_attention.csv`)")
-    rep.paragraph(f"n = {len(aligned)} items. Top heads (label 0-indexed, paper_label 1-indexed):")
+    att_scope = ("all token-aligned items, as the negation study (--segment restricts the ablation only)"
+                 if args.attention_items == "all" else "the items of --segment only (--attention-items segment)")
+    rep.paragraph(f"n = {len(att.item_ids)} items: {att_scope}. 'further' positions pooled by {args.further_pool} per item "
+                  f"in `negator_attention_roles.csv`. Top heads (label 0-indexed, paper_label 1-indexed):")
     rep.table(top_att[["label", "paper_label", "mean_score", "n"]], floatfmt=".4f")
     rep.paragraph(f"Layer with the highest mean over heads: {top_layer} (0-indexed); per-role table: `negator_attention_roles.csv`.")
     if de_summary is not None:
@@ -390,6 +414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ClipInterpError(f"--method {args.method!r} does not exist: choose one of {', '.join(METHODS)}")
     if args.limit is not None and args.limit < 1:
         raise ClipInterpError(f"--limit {args.limit} must be at least 1")
+    if args.preprocess and not args.images:
+        raise ClipInterpError(f"--preprocess {args.preprocess} only applies to images read from --images DIR: "
+                              "drop it, or pass --images")
+    if args.attention_items == "segment" and args.segment == "all":
+        raise ClipInterpError("--attention-items segment needs --segment correct|ambiguous|incorrect: pass one, "
+                              "or drop --attention-items")
     from tqdm.auto import tqdm
 
     from interp.heads.ablation import reference_means, resample_donors
@@ -405,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not aligned:
         raise ClipInterpError("no pair could be token-aligned with this model's tokenizer; see the log for reasons")
     target, dirs1, dirs2 = targets(args, model, aligned)
+    all_aligned = aligned  # the negator attention runs on these unless --attention-items segment
     aligned, dirs1, dirs2, seg_excluded = select_items(args, model, aligned, dirs1, dirs2, target)
     settings = {
         "task": args.task, "model": args.model, "pretrained": model.cfg.pretrained,
@@ -412,8 +443,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "target": target, "image_source": args.images or args.image_embeddings, "method": args.method,
         "mean_over": args.mean_over, "reference": args.reference, "site": args.site,
         "components": args.components, "layers": args.layers, "by_role": args.by_role,
-        "segment": args.segment, "limit": args.limit,
+        "segment": args.segment, "limit": args.limit, "attention_items": args.attention_items,
+        "further_pool": args.further_pool,
     }
+    if target == "image" and not args.image_embeddings:
+        from interp.data.images import default_pipeline
+        from interp.models.loading import resolve_pretrained
+
+        settings["preprocess"] = args.preprocess or default_pipeline(resolve_pretrained(args.model, args.pretrained))
+    settings.update(preset_record({
+        "negation_scoring": {k: settings[k] for k in ("preprocess",) if k in settings},
+        "negator_attention": {"further_pool": args.further_pool, "attention_items": args.attention_items},
+    }))
     out = Path(args.out) if args.out else default_run_dir("ablate", args.model, args.method)
     run = RunDir(out, "ablate", settings, info={"device": args.device, "argv": list(argv or sys.argv[1:]),
                                                 "threads": args.threads_chosen, "threads_reason": args.threads_reason})
@@ -447,7 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for item_id, item_rows in rows.groupby("item_id", sort=False):
             run.items.write(item_id, item_rows)
 
-    write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loaded, dirs1, dirs2, comps)
+    write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loaded, dirs1, dirs2, comps,
+                  attention_aligned=all_aligned if args.attention_items == "all" else aligned)
     log.info("wrote %s", run.path / "report.md")
     return 0
 

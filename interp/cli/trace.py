@@ -26,14 +26,17 @@ from interp.cli.common import add_model_args, load_model_from_args, run_cli
 from interp.data.negation import ROLES, align_pairs, load_existence_pairs
 from interp.data.segment_labels import SEGMENT_LABELS
 from interp.errors import ClipInterpError
+from interp.presets import PREPROCESS_PIPELINES, preset_record
 from interp.tracing.options import (
     DEFAULT_BUDGET_MB,
     DEFAULT_CHUNK_ITEMS,
+    DEFAULT_NOISE_CALIBRATION,
     DEFAULT_NOISE_ROLES,
     DEFAULT_NOISE_SCALE,
     DEFAULT_SAMPLES,
     DIRECTIONS,
     MODES,
+    NOISE_CALIBRATIONS,
 )
 from interp.tracing.spec import KINDS, TraceSpec
 
@@ -66,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--images", metavar="DIR", help="folder of the items' images (embedded once, cached)")
     target.add_argument("--image-embeddings", metavar="FILE", help="precomputed image embeddings (.npz/.safetensors/.npy)")
     target.add_argument("--target", choices=("image", "text"), help="'text' traces the N-vs-A text gap (no images)")
+    target.add_argument("--preprocess", choices=PREPROCESS_PIPELINES,
+                        help="image preprocessing: hf (CLIPImageProcessor, the negation study's) or open_clip "
+                             "(default: follows the weights' source, hf for a Hugging Face checkpoint)")
     items = parser.add_argument_group("items")
     items.add_argument("--segment", choices=SEGMENT_LABELS, help="only items of this segment (needs images)")
     items.add_argument("--limit", type=int, help="trace only the first N items (after --segment)")
@@ -82,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     tracing.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help=f"seeded noise draws per item (noise mode; default {DEFAULT_SAMPLES})")
     tracing.add_argument("--noise-roles", default=",".join(DEFAULT_NOISE_ROLES),
                          help=f"comma-separated roles whose token embeddings get noise (noise mode; from {', '.join(ROLES)})")
+    tracing.add_argument("--noise-calibration", choices=NOISE_CALIBRATIONS, default=DEFAULT_NOISE_CALIBRATION,
+                         help="embeddings whose std calibrates the noise: corrupted (the noised roles' tokens, ROME's rule; "
+                              "default) or all_tokens (every token of both sentences)")
     run = parser.add_argument_group("run")
     run.add_argument("--out", help="run directory (default results/trace/<model>/<--name or timestamp>/); rerun to resume")
     run.add_argument("--name", help="name of the run directory under results/trace/<model>/")
@@ -117,6 +126,12 @@ def check_target_args(args: argparse.Namespace) -> Target:
         )
     if args.limit is not None and args.limit < 1:
         raise ClipInterpError(f"--limit {args.limit} must be at least 1")
+    if args.preprocess and not args.images:
+        raise ClipInterpError(f"--preprocess {args.preprocess} only applies to images read from --images DIR: "
+                              "drop it, or pass --images")
+    if args.mode != "noise" and args.noise_calibration != DEFAULT_NOISE_CALIBRATION:
+        raise ClipInterpError(f"--noise-calibration {args.noise_calibration} only applies to --mode noise: drop it, "
+                              "or pass --mode noise")
     if args.chunk_items < 1:
         raise ClipInterpError(f"--chunk-items {args.chunk_items} must be at least 1")
     if args.mode == "noise" and args.noise_scale <= 0:
@@ -145,7 +160,7 @@ def _check_clip_like(model, target: Target, model_name: str) -> None:
 def image_embeddings(args: argparse.Namespace, model, target: Target, files: list[str]) -> torch.Tensor:
     """Image embeddings ``[item, d_embed]`` from a folder (image tower, cached) or a precomputed file."""
     from interp.data.image_cache import embed_images, load_precomputed_embeddings
-    from interp.data.images import ImageDataError
+    from interp.data.images import ImageDataError, PreprocessConfig, default_pipeline
 
     try:
         if args.image_embeddings:
@@ -155,8 +170,10 @@ def image_embeddings(args: argparse.Namespace, model, target: Target, files: lis
 
             checkpoint = resolve_pretrained(args.model, args.pretrained)
             full = create_open_clip_model(args.model, checkpoint, device=args.device, seed=args.seed)
+            pipeline = args.preprocess or default_pipeline(checkpoint)
+            target.settings["preprocess"] = pipeline
             emb = embed_images(full, args.model, checkpoint, args.images, files, device=args.device,
-                               progress=not args.no_progress)
+                               preprocess=PreprocessConfig.from_model(full, pipeline), progress=not args.no_progress)
     except ImageDataError as err:
         raise ClipInterpError(str(err)) from err
     if emb.shape[1] != model.cfg.d_embed:
@@ -195,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from interp.runs.rundir import RunDir, default_run_dir
     from interp.tracing.engine import uses_fast_path
     from interp.tracing.inputs import NoiseConfig
-    from interp.tracing.noise import embedding_std
+    from interp.tracing.noise import calibration_token_ids, embedding_std
     from interp.tracing.sweep import fixed_directions, run_sweep, text_directions
 
     model = load_model_from_args(args)  # sets torch's threads (--threads or the automatic choice)
@@ -218,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         d_all = clean_d(model, aligned, dirs_all)
         seg_all = segments(d_all)
         directions = fixed_directions(dirs_all)
-        target.settings = {"image_embeddings_sha256": _tensor_digest(emb)}  # the folder/file path is info only
+        target.settings["image_embeddings_sha256"] = _tensor_digest(emb)  # the folder/file path is info only
     else:
         directions = text_directions(model)
 
@@ -236,10 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     noise_info: dict[str, Any] = {}
     if args.mode == "noise":
         roles = tuple(r.strip() for r in args.noise_roles.split(",") if r.strip())
-        std = embedding_std(model, [t for a in aligned for t in (a.tokens_negated, a.tokens_affirmative)])
+        NoiseConfig(std=1.0, samples=args.samples, roles=roles, seed=args.seed)  # validates --noise-roles before they pick tokens
+        std = embedding_std(model, calibration_token_ids(aligned, roles, args.noise_calibration))
         noise = NoiseConfig(std=args.noise_scale * std, samples=args.samples, roles=roles, seed=args.seed)
         noise_info = {"noise_scale": args.noise_scale, "embedding_std": std, "noise_std": noise.std,
-                      "samples": args.samples, "noise_roles": list(roles)}
+                      "samples": args.samples, "noise_roles": list(roles), "noise_calibration": args.noise_calibration}
 
     settings = {
         "task": args.task, "model": args.model, "pretrained": model.cfg.pretrained,
@@ -247,6 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "target": target.kind, **target.settings, "segment": args.segment, "mode": args.mode,
         "direction": args.direction, "kind": args.kind, "window": args.window, **noise_info,
     }
+    settings.update(preset_record({
+        "negation_scoring": {k: target.settings[k] for k in ("preprocess",) if k in target.settings},
+        "noise_tracing": {k: noise_info[k] for k in ("noise_calibration", "noise_scale") if k in noise_info},
+    }))
     info = {"argv": list(sys.argv[1:] if argv is None else argv), "device": args.device, "limit": args.limit,
             "image_source": target.source,
             "chunk_items": args.chunk_items, "budget_mb": args.budget_mb, "threads": torch.get_num_threads(),

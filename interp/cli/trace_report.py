@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from interp.data.negation import NEGATION_SIDES
+from interp.presets import preset_sentence
+from interp.runs.labels import relabel_roles, residual_axis_text, role_names, special_tokens_text
 from interp.runs.report import Report
 from interp.runs.rundir import RunDir, write_csv
 from interp.data.scoring import TEXT_MODE_NOTE, summarize
@@ -97,16 +99,16 @@ def write_outputs(run: RunDir, ctx: RunContext, figures: bool = True) -> list[Pa
     if figures:
         from interp.runs.plots import roles_layers_heatmap
 
-        xlabel = "layer (0 = embeddings)" if ctx.spec.kind == "resid" else "block"
+        xlabel = "residual after block l (0 = embedding output)" if ctx.spec.kind == "resid" else "block"
         for side in NEGATION_SIDES:
             part = by_side[by_side["negation_side"] == side]
             if len(part):
                 n = int(items["negation_side"].eq(side).sum())
                 figure_paths[side] = roles_layers_heatmap(
-                    role_matrix(part), run.path / f"heatmap_{side}.png",
+                    relabel_roles(role_matrix(part), cfg), run.path / f"heatmap_{side}.png",
                     f"{SIDE_TITLES[side]} (n = {n}): effect by role and layer", xlabel=xlabel)
         figure_paths["all"] = roles_layers_heatmap(
-            role_matrix(role_table(cells)), run.path / "heatmap_all.png",
+            relabel_roles(role_matrix(role_table(cells)), cfg), run.path / "heatmap_all.png",
             f"all items (n = {len(items)}): effect by role and layer", xlabel=xlabel)
         written += list(figure_paths.values())
     report = _report(run, ctx, cells, items, by_side, inv, why_not, excluded, figure_paths)
@@ -133,13 +135,20 @@ def _report(run, ctx, cells, items, by_side, inv, why_not, excluded, figures) ->
     else:
         target_text = "text: S(x) = cos(x, e_N) - cos(x, e_A) (no images). " + TEXT_MODE_NOTE
     setup = [f"target: {target_text}", f"mode: {args.mode}, direction: {args.direction}, kind: {args.kind}, window: {args.window}",
-             f"effect: {effect_name}; layer axis: {'residual states 0..L (0 = embedding output, l = block l output, before ln_final)' if args.kind == 'resid' else 'blocks 0..L-1'}"]
+             f"effect: {effect_name}; layer axis: {residual_axis_text(cfg) if args.kind == 'resid' else 'blocks 0..L-1'}"]
     if ctx.noise_info:
         ni = ctx.noise_info
-        setup.append(f"noise: {ni['samples']} seeded draws of std {ni['noise_std']:.4g} = {ni['noise_scale']} x token-embedding std "
-                     f"{ni['embedding_std']:.4g}, on roles {', '.join(ni['noise_roles'])}; clean sentence = N")
+        calibrated_on = {"corrupted": "the std of the noised roles' token embeddings (ROME's rule)",
+                         "all_tokens": "the std of every token of both sentences (toolkit option)"}
+        setup.append(f"noise: {ni['samples']} seeded draws of std {ni['noise_std']:.4g} = {ni['noise_scale']} x "
+                     f"{ni['embedding_std']:.4g}, {calibrated_on.get(ni.get('noise_calibration'), 'token-embedding std')}, "
+                     f"on roles {', '.join(ni['noise_roles'])}; clean sentence = N")
+    if "preprocess" in ctx.settings:
+        setup.append(f"image preprocessing: `{ctx.settings['preprocess']}`")
     if args.segment:
         setup.append(f"segment: only items with segment `{args.segment}`")
+    if "preset" in ctx.settings:
+        setup.append(preset_sentence(ctx.settings))
     rep.heading("Setup").bullets(setup)
 
     counts = ctx.counts
@@ -171,7 +180,9 @@ def _report(run, ctx, cells, items, by_side, inv, why_not, excluded, figures) ->
 
     rep.heading("Effect by role and layer")
     rep.paragraph("Rows: the 8 token roles; a role's value is the mean effect over all its (item, position) "
-                  "cells, so 'further' tokens weigh by each item's count of them. n below = items.")
+                  "cells, so 'further' tokens weigh by each item's count of them. n below = items."
+                  + (f" {special_tokens_text(cfg)} are this model's special tokens (the CSVs call them SOT/EOT)."
+                     if role_names(cfg) else ""))
     for side in NEGATION_SIDES:
         part = by_side[by_side["negation_side"] == side]
         if not len(part):
@@ -180,16 +191,16 @@ def _report(run, ctx, cells, items, by_side, inv, why_not, excluded, figures) ->
         rep.heading(f"{SIDE_TITLES[side]} (n = {n})", level=3)
         if side in figures:
             rep.image(figures[side], f"heatmap {side}", relative_to=run.path)
-        rep.table(role_matrix(part), floatfmt=".2f", index=True)
+        rep.table(relabel_roles(role_matrix(part), cfg), floatfmt=".2f", index=True)
     rep.heading("Sanity invariants")
     if len(inv):
         rep.paragraph("Measured on every traced item (max |effect - expected| over the cells the invariant covers):")
         rep.table(inv, floatfmt=".3g")
         skipped = []
         if not cfg.causal:
-            skipped.append("SOT/there/is-are rows = 0: not checked, the encoder is bidirectional (later tokens reach the prefix)")
+            skipped.append(f"{special_tokens_text(cfg).split('/')[0]}/there/is-are rows = 0: not checked, the encoder is bidirectional (later tokens reach the prefix)")
         if cfg.pool not in POSITIONAL_POOLS:
-            skipped.append(f"(EOT, L) = 1 and other positions at L = 0: not checked, pool '{cfg.pool}' reads every position")
+            skipped.append(f"({special_tokens_text(cfg).split('/')[1]}, L) = 1 and other positions at L = 0: not checked, pool '{cfg.pool}' reads every position")
         if skipped:
             rep.bullets(skipped)
     else:

@@ -6,6 +6,11 @@ the negator slot ``k``), layer ``l`` and head ``h``: ``a_N[q]`` is the attention
 is ``max over real query positions q > k of (a_N[q] - a_A[q])``; :meth:`NegatorAttention.mean_scores`
 averages it over items.
 
+:meth:`NegatorAttention.role_table` averages ``a_N[q] - a_A[q]`` per query role. A role such as
+"further" holds several positions per item: the negation study's script takes their **max** per
+item (``FURTHER_POOLS[0]``, the default), then averages over items; ``"mean"`` instead pools every
+(item, position) into one mean (the toolkit's earlier rule).
+
 Layers and heads are 0-indexed everywhere in data (tables, tensors). :func:`head_label` gives the
 1-indexed ``L4H2``-style labels the reference paper uses, for figures that mirror it; every
 figure says which convention it uses.
@@ -33,6 +38,7 @@ from interp.models.tokenization import TokenBatch
 log = logging.getLogger(__name__)
 
 PATTERN_SUFFIX = "attn.hook_pattern"
+from interp.heads.options import FURTHER_POOLS  # noqa: E402,F401 - re-exported (light home: the CLI's choices)
 
 
 class AttentionInputError(ClipInterpError, ValueError):
@@ -194,27 +200,44 @@ class NegatorAttention:
                                 "mean_score": float(mean[layer, head]), "n": len(items)})
         return pd.DataFrame(out)
 
-    def role_table(self, layer: int, items: Sequence[int] | None = None):
+    def role_table(self, layer: int, items: Sequence[int] | None = None, further_pool: str = "max"):
         """Mean a_N[q] - a_A[q] per query role (rows, :data:`ROLES` order) and head (columns) at
-        ``layer``. A role's mean pools every (item, position) holding it, so "further" weights
-        each item by its count of further tokens; items with none contribute nothing."""
+        ``layer``. With ``further_pool="max"`` (the negation study's rule) a role with several
+        positions in an item (e.g. "further") contributes its max over them, once per item; with
+        ``"mean"`` every (item, position) holding the role is pooled, so items with more further
+        tokens weigh more. Items without the role contribute nothing. ``n_positions`` counts the
+        positions, ``n_values`` the values averaged (items under max pooling)."""
         import pandas as pd
 
+        if further_pool not in FURTHER_POOLS:
+            raise AttentionInputError(f"further_pool {further_pool!r} is not known: use one of {', '.join(FURTHER_POOLS)}")
         if not 0 <= layer < self.n_layers:
             raise AttentionInputError(f"layer {layer} is outside 0..{self.n_layers - 1} (layers are 0-indexed)")
         items = list(range(len(self.item_ids))) if items is None else list(items)
         sums = np.zeros((len(ROLES), self.n_heads))
-        counts = np.zeros(len(ROLES))
+        n_values = np.zeros(len(ROLES))
+        n_positions = np.zeros(len(ROLES))
         diff = self.diff[:, layer].numpy()  # [item, head, q]
         for i in items:
-            for q, role in enumerate(self.roles[i]):
-                r = ROLES.index(role)
-                sums[r] += diff[i, :, q]
-                counts[r] += 1
+            roles = np.asarray(self.roles[i], dtype=object)
+            for r, role in enumerate(ROLES):
+                where = np.flatnonzero(roles == role)
+                if not len(where):
+                    continue
+                values = diff[i][:, where]  # [head, positions]
+                n_positions[r] += len(where)
+                if further_pool == "max":
+                    sums[r] += values.max(axis=1)
+                    n_values[r] += 1
+                else:
+                    sums[r] += values.sum(axis=1)
+                    n_values[r] += len(where)
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = sums / counts[:, None]
+            mean = sums / n_values[:, None]
         table = pd.DataFrame(mean, index=list(ROLES), columns=[f"head {h}" for h in range(self.n_heads)])
-        table.insert(0, "n_positions", counts.astype(int))
+        table.insert(0, "n_positions", n_positions.astype(int))
+        table.insert(1, "n_values", n_values.astype(int))
+        table.insert(2, "pool", further_pool)
         table.index.name = "role"
         return table
 

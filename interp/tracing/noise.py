@@ -1,8 +1,12 @@
 """ROME-style corruption (Meng et al. 2022): Gaussian noise on chosen token embeddings.
 
-The noise is ``noise_scale x`` the empirical standard deviation of the token embeddings of the
-task's sentences, added to the token-embedding output (``embed.hook_embed``) at the positions of the
+The noise is ``noise_scale x`` an empirical standard deviation of token embeddings, added to the token-embedding output (``embed.hook_embed``) at the positions of the
 chosen roles, before position embeddings (and, for BERT-like encoders, the embedding LayerNorm).
+Which embeddings calibrate the std (``NOISE_CALIBRATIONS``):
+
+- ``"corrupted"`` (default, ROME's rule: the std of the subject tokens' embeddings): the tokens at
+  the corrupted roles' positions of the sentences that receive the noise (:func:`corrupted_token_ids`);
+- ``"all_tokens"`` (the toolkit's earlier rule): every token of both sentences of every item.
 Every draw is seeded by (seed, item id, sample), so a run's noise does not depend on chunking,
 ``--limit`` or resuming.
 """
@@ -18,7 +22,9 @@ from torch import Tensor
 
 from interp.models.tokenization import TokenBatch
 
-from interp.tracing.options import DEFAULT_NOISE_ROLES, DEFAULT_NOISE_SCALE, DEFAULT_SAMPLES  # noqa: F401 - re-exported
+from interp.tracing.options import (  # noqa: F401 - re-exported
+    DEFAULT_NOISE_CALIBRATION, DEFAULT_NOISE_ROLES, DEFAULT_NOISE_SCALE, DEFAULT_SAMPLES, NOISE_CALIBRATIONS,
+)
 
 
 @torch.no_grad()
@@ -28,6 +34,22 @@ def embedding_std(model, token_ids: Sequence[Sequence[int]]) -> float:
     if ids.numel() == 0:
         raise ValueError("no tokens to measure the embedding std on")
     return float(model.embed.W_E[ids].double().std())
+
+
+def corrupted_token_ids(items: Sequence, roles: Sequence[str]) -> list[list[int]]:
+    """Per item, the ids of the negated sentence's tokens at ``roles`` (the tokens the noise hits;
+    the negated sentence is the clean run of noise mode)."""
+    wanted = set(roles)
+    return [[t for t, role in zip(item.tokens_negated, item.roles) if role in wanted] for item in items]
+
+
+def calibration_token_ids(items: Sequence, roles: Sequence[str], calibration: str) -> list[list[int]]:
+    """The token ids whose embedding std calibrates the noise under ``calibration``."""
+    if calibration == "corrupted":
+        return corrupted_token_ids(items, roles)
+    if calibration == "all_tokens":
+        return [list(t) for item in items for t in (item.tokens_negated, item.tokens_affirmative)]
+    raise ValueError(f"noise calibration {calibration!r} is not known: use one of {', '.join(NOISE_CALIBRATIONS)}")
 
 
 def draw_seed(seed: int, item_id: str, sample: int) -> int:

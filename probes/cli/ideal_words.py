@@ -216,12 +216,16 @@ def render_markdown(config: dict[str, Any], frames: dict[str, pd.DataFrame]) -> 
         if RANDOM not in models else "; baseline: " + models[RANDOM]["label"]))
     lines += ["", "Embeddings are L2-normalised once and never re-normalised. IW = mean distance of each "
               "embedding to its ideal-word approximation; RW = distance to the mean of the single-word "
-              "embeddings; Avg = mean squared pairwise distance; rank vs bound 1 + sum(n_i - 1); r2 = share "
-              "of the spread around u_0 the decomposition explains.", ""]
+              "embeddings; Avg = mean squared pairwise distance; effective_rank = 1 + the principal directions "
+              "holding 99% of the spread around u_0, against the bound 1 + sum(n_i - 1) an exactly decomposable set "
+              "cannot exceed; rank_eps = numerical rank at machine-epsilon tolerance (full as soon as there is any "
+              "noise, so it says little about decomposability); r2 = share of the spread around u_0 the "
+              "decomposition explains.", ""]
     m = frames["metrics"]
     lines += ["## Final embedding", "",
               markdown_table(m[m["layer"] == "final"],
-                             ["model_kind", "concept_set", "shape", "IW", "RW", "Avg", "rank", "rank_bound", "r2"]), ""]
+                             ["model_kind", "concept_set", "shape", "IW", "RW", "Avg", "effective_rank", "rank_eps",
+                              "rank_bound", "r2"]), ""]
     layers = m[m["layer"] != "final"]
     if not layers.empty:
         piv = layers.pivot_table(index=["model_kind", "concept_set"], columns="layer", values="IW_rel")

@@ -145,6 +145,25 @@ def numerical_rank(vectors: Float[Tensor, "n d"], rtol: float | None = None) -> 
     return int((s > rtol * s[0]).sum())
 
 
+EFFECTIVE_RANK_SHARE = 0.99  # share of the spread around u_0 the effective rank's directions hold
+
+
+def effective_rank(vectors: Float[Tensor, "n d"], u0: Float[Tensor, " d"], share: float = EFFECTIVE_RANK_SHARE) -> int:
+    """1 + the fewest principal directions of ``vectors - u0`` that hold ``share`` of their spread
+    (sum of squared singular values). Comparable to the decomposable bound 1 + sum(n_i - 1): the 1
+    counts u_0, the directions the ideal words. 1 when the vectors all equal u_0."""
+    if not 0 < share <= 1:
+        raise DecompositionError(f"share must lie in (0, 1], got {share}")
+    energy = torch.linalg.svdvals(vectors - u0).double().pow(2)
+    total = float(energy.sum())
+    if total == 0:
+        return 1
+    held = torch.cumsum(energy, 0) / total
+    # tolerance: a share reached exactly by k directions must not ask for a (k+1)-th through rounding
+    directions = int((held < share - 1e-12).sum()) + 1
+    return 1 + directions
+
+
 def mean_pairwise_sq_distance(vectors: Float[Tensor, "n d"]) -> float:
     """Avg: mean of ``||u_z - u_z'||^2`` over unordered pairs z != z'."""
     n = vectors.shape[0]
@@ -176,11 +195,13 @@ def real_word_distance(grid: Float[Tensor, "*grid d"],
 def compositionality_metrics(grid: Float[Tensor, "*grid d"], alphas: AlphaSpec = None,
                              single_words: Sequence[Tensor] | None = None,
                              rank_rtol: float | None = None) -> dict[str, float]:
-    """The per-set metrics of Trager et al. Tables 6/7, plus rank and explained variance.
+    """The per-set metrics of Trager et al. Tables 6/7, plus ranks and explained variance.
 
     Returns a dict with ``IW`` (mean residual distance), ``RW`` (NaN without single words), ``Avg``
-    (mean squared pairwise distance), ``rank`` (numerical rank of the u_z), ``rank_bound``
-    (1 + sum(n_i - 1)), ``r2`` (share of sum ||u_z - u_0||^2 the decomposition explains) and
+    (mean squared pairwise distance), ``effective_rank`` (:func:`effective_rank`: 1 + the principal
+    directions holding 99% of the spread around u_0), ``rank_eps`` (numerical rank of the u_z at
+    machine-epsilon tolerance: full as soon as there is any noise), ``rank_bound`` (1 + sum(n_i - 1),
+    what an exactly decomposable set cannot exceed), ``r2`` (share of sum ||u_z - u_0||^2 the decomposition explains) and
     ``IW_rel`` (IW divided by the mean distance of u_z to u_0).
     """
     dec = decompose(grid, alphas)
@@ -195,7 +216,8 @@ def compositionality_metrics(grid: Float[Tensor, "*grid d"], alphas: AlphaSpec =
         "IW": float(res.mean()),
         "RW": rw,
         "Avg": mean_pairwise_sq_distance(flat),
-        "rank": numerical_rank(flat, rank_rtol),
+        "effective_rank": effective_rank(flat, dec.u0),
+        "rank_eps": numerical_rank(flat, rank_rtol),
         "rank_bound": 1 + sum(s - 1 for s in grid.shape[:-1]),
         "r2": 1.0 - float(res.pow(2).sum()) / total if total > 0 else float("nan"),
         "IW_rel": float(res.mean() / spread.mean()) if total > 0 else float("nan"),
