@@ -22,7 +22,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def batch(model, sentences):
-    return model.to_tokens(sentences)
+    return model.to_token_batch(sentences)
 
 
 def _perturb(name: str):

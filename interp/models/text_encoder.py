@@ -98,14 +98,48 @@ class HookedTextEncoder(HookedRootModule):
             )
         return self.tokenizer
 
-    def to_tokens(self, texts: str | Sequence[str], *, truncate: bool = False) -> TokenBatch:
-        """Tokenize texts into a batch trimmed to the longest text when that cannot change the
-        output (``cfg.trims_to_longest``), else padded to the full context."""
+    def to_token_batch(self, texts: str | Sequence[str], *, truncate: bool = False) -> TokenBatch:
+        """Tokenize texts into a :class:`TokenBatch` (ids, padding mask, pooled position, texts),
+        trimmed to the longest text when that cannot change the output (``cfg.trims_to_longest``),
+        else padded to the full context."""
         pad_to = "longest" if self.cfg.trims_to_longest else "context"
         return self._require_tokenizer()(texts, pad_to=pad_to, truncate=truncate)
 
-    def to_str_tokens(self, text: str) -> list[str]:
-        return self._require_tokenizer().str_tokens(text)
+    def to_tokens(
+        self, texts: str | Sequence[str], *, truncate: bool = False, move_to_device: bool = True
+    ) -> Int[Tensor, "batch pos"]:
+        """Token ids ``[batch, pos]`` as TransformerLens returns them, ready for ``model(...)``,
+        ``run_with_cache`` and ``transformer_lens.patching``.
+
+        The plain tensor still tells the model where each text ends: CLIP pools at the largest id
+        (EOT, as open_clip does) and masks nothing (causal); BERT-family encoders mask the pad id.
+        :meth:`to_token_batch` returns the same ids with the mask and texts attached.
+        """
+        tokens = self.to_token_batch(texts, truncate=truncate).tokens
+        return tokens.to(self.device) if move_to_device else tokens
+
+    def to_str_tokens(self, text: str | Sequence[str] | Int[Tensor, "... pos"]) -> list[str] | list[list[str]]:
+        """Readable tokens (special tokens included) of one text -> ``list[str]``, of a list of
+        texts -> ``list[list[str]]``; token ids ``[pos]`` or ``[batch, pos]`` likewise (padding kept)."""
+        tokenizer = self._require_tokenizer()
+        if isinstance(text, str):
+            return tokenizer.str_tokens(text)
+        if isinstance(text, Tensor):
+            if text.ndim == 1:
+                return self._id_strings(text.tolist())
+            return [self._id_strings(row) for row in text.tolist()]
+        return [tokenizer.str_tokens(t) for t in text]
+
+    def to_string(self, tokens: Int[Tensor, "... pos"] | Sequence[int] | Sequence[Sequence[int]]) -> str | list[str]:
+        """Decode token ids back to text: ``[pos]`` -> ``str``, ``[batch, pos]`` -> ``list[str]``.
+        Special and padding tokens are dropped."""
+        ids = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
+        if ids and isinstance(ids[0], (list, tuple)):
+            return [self._require_tokenizer().decode(row) for row in ids]
+        return self._require_tokenizer().decode(ids)
+
+    def _id_strings(self, ids: list[int]) -> list[str]:
+        return self._require_tokenizer().id_strings(ids)
 
     def _as_batch(self, tokens: TextInput) -> TokenBatch:
         if isinstance(tokens, TokenBatch):
@@ -113,7 +147,7 @@ class HookedTextEncoder(HookedRootModule):
         elif isinstance(tokens, Tensor):
             batch = self._batch_from_ids(tokens)
         else:
-            batch = self.to_tokens(tokens)
+            batch = self.to_token_batch(tokens)
         return batch.to(self.device)
 
     def _batch_from_ids(self, ids: Int[Tensor, "batch pos"]) -> TokenBatch:
