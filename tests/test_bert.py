@@ -177,7 +177,7 @@ def test_every_hook_is_on_the_data_path(minilm):
 
 def test_bert_specific_hook_names_exist(minilm):
     names = set(minilm.hook_dict)
-    for name in ("embed.hook_token_type_embed", "embed.ln.hook_normalized", "blocks.0.hook_normalized_resid_post",
+    for name in ("hook_token_type_embed", "embed.ln.hook_normalized", "blocks.0.hook_normalized_resid_post",
                  "blocks.5.attn.hook_pattern", "blocks.5.attn.hook_z", "blocks.5.mlp.hook_post", "hook_pooled"):
         assert name in names
 

@@ -13,8 +13,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.data.scoring import score
 from interp.models.tokenization import TokenBatch
+from interp.tracing.metric import run_scores
 from interp.tracing.spec import TraceSpec
 
 
@@ -65,7 +65,7 @@ def clean_run(
         resid=torch.stack([cache[name] for name in resid_names]),
         keys=keys,
         values=values,
-        scores=score(embedding, direction),
+        scores=run_scores(embedding, direction),
     )
 
 

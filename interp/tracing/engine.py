@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from interp.data.scoring import score
 from interp.models.tokenization import TokenBatch
 from interp.tracing.clean import CleanRun, clean_run
+from interp.tracing.metric import RowMetric, run_scores
 from interp.tracing.spec import POSITIONAL_POOLS, TraceSpec
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,14 @@ class TraceRuns:
         batch: tokens ``[run, pos]`` (masks and pooling positions; padded to the longest run).
         base_x0: ``[run, pos, d_model]`` layer-0 residual of the run that is patched into.
         source_x0: ``[run, pos, d_model]`` layer-0 residual of the run the patched states come from.
-        direction: ``[run, d_embed]`` score direction (:func:`interp.data.scoring.score`).
+        direction: ``[run, d_embed]`` score direction (:func:`interp.data.scoring.score`), or a
+            :class:`~interp.tracing.metric.RowMetric` (any metric of the output embedding).
     """
 
     batch: TokenBatch
     base_x0: Float[Tensor, "run pos d_model"]
     source_x0: Float[Tensor, "run pos d_model"]
-    direction: Float[Tensor, "run d_embed"]
+    direction: Float[Tensor, "run d_embed"] | RowMetric
 
     def __len__(self) -> int:
         return self.base_x0.shape[0]
@@ -244,7 +245,7 @@ def _generic_group(model, spec, batch, direction, base, source, cells, s, low, h
                                                                 source.states[j, run[active], pos[active]])))
     with model.hooks(fwd_hooks=hooks):
         embedding = model(batch[run], start_at_layer=s, residual=residual)
-    return score(embedding, direction[run])
+    return run_scores(embedding, direction[run])
 
 
 def _overwrite_hook(rows: Tensor, pos: Tensor, values: Tensor):
@@ -338,7 +339,7 @@ def _pooled_scores(model, pooled: Float[Tensor, "row d_model"], direction: Float
         token_type_ids=torch.zeros(n, 1, dtype=torch.long, device=device),
         texts=[""] * n,
     )
-    return score(model.pool_and_project(pooled.unsqueeze(1), one_position), direction)
+    return run_scores(model.pool_and_project(pooled.unsqueeze(1), one_position), direction)
 
 
 def _packed_rows(first: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
