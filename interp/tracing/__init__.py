@@ -5,23 +5,33 @@
 - :mod:`~interp.tracing.reference`: the plain per-cell loop, the engine's test oracle.
 - :mod:`~interp.tracing.inputs`: minimal pairs -> runs (patch or ROME noise mode) and effects.
 - :mod:`~interp.tracing.noise`: seeded Gaussian corruption of token embeddings.
+- :mod:`~interp.tracing.pairs`: trace_pair / trace_pairs on any user sentences, any metric.
+- :mod:`~interp.tracing.metric`: what a sweep measures (cosine to a direction, or any metric).
+- :mod:`~interp.tracing.atp`: attribution patching, first-order estimates of every cell.
 - :mod:`~interp.tracing.aggregate`: the 8 role rows, sides, segments, per-layer statistics.
 """
 
 from interp.tracing.engine import PatchedScores, TraceRuns, patched_scores, uses_fast_path
+from interp.tracing.atp import atp_patched_scores
 from interp.tracing.inputs import NoiseConfig, build_runs, effects
+from interp.tracing.metric import RowMetric
+from interp.tracing.pairs import trace_pair, trace_pairs
 from interp.tracing.reference import reference_patched_scores
 from interp.tracing.spec import KINDS, TraceSpec
 
 __all__ = [
     "KINDS",
     "NoiseConfig",
+    "RowMetric",
     "PatchedScores",
     "TraceRuns",
     "TraceSpec",
+    "atp_patched_scores",
     "build_runs",
     "effects",
     "patched_scores",
     "reference_patched_scores",
+    "trace_pair",
+    "trace_pairs",
     "uses_fast_path",
 ]

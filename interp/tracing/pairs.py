@@ -26,6 +26,7 @@ from torch import Tensor
 from interp.data.scoring import text_target_directions
 from interp.errors import ClipInterpError
 from interp.models.tokenization import TokenBatch
+from interp.tracing.atp import atp_patched_scores
 from interp.tracing.engine import DEFAULT_BUDGET_MB, PatchedScores, TraceRuns, patched_scores
 from interp.tracing.metric import RowMetric
 from interp.tracing.spec import TraceSpec
@@ -128,6 +129,7 @@ def trace_pairs(
     direction: Tensor | None = None,
     kind: str = "resid",
     window: int = 1,
+    method: str = "exact",
     budget_mb: float = DEFAULT_BUDGET_MB,
 ) -> pd.DataFrame:
     """Patch each source's states into its base, every (layer, position), with the exact engine.
@@ -139,6 +141,8 @@ def trace_pairs(
         direction: ``[d_embed]`` or ``[pair, d_embed]``; the score is ``normalize(x) . direction``.
             Default (no metric, no direction): ``cos(x, e_source) - cos(x, e_base)``.
         kind, window: what a cell patches (see :class:`~interp.tracing.spec.TraceSpec`).
+        method: ``"exact"`` (the engine: every cell re-run) or ``"atp"`` (first-order estimates
+            from one backward pass, :mod:`interp.tracing.atp`; base and source scores stay exact).
 
     Returns:
         A tidy table, one row per (pair, layer, position): the patched score, the base and source
@@ -147,7 +151,12 @@ def trace_pairs(
     """
     runs, sources_batch = pair_runs(model, bases, sources, metric=metric, direction=direction)
     spec = TraceSpec(model.cfg.n_layers, kind=kind, window=window)
-    result = patched_scores(model, runs, spec, budget_mb=budget_mb)
+    if method == "exact":
+        result = patched_scores(model, runs, spec, budget_mb=budget_mb)
+    elif method == "atp":
+        result = atp_patched_scores(model, runs, spec)
+    else:
+        raise ClipInterpError(f"method={method!r}: choose 'exact' or 'atp'")
     return scores_table(model, runs.batch, sources_batch, result, spec)
 
 
