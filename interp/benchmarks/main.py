@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m interp.bench trace`` and ``python -m interp.bench ablate``.
+"""Benchmarks: ``python -m interp.bench trace`` and ``python -m interp.bench ablate``, ``python -m interp.bench atp``.
 
 Each benchmark times the fast engine and its plain reference side by side in one process and
 prints ratios; the README's performance section quotes their output with the command.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"trace": "interp.benchmarks.trace", "ablate": "interp.benchmarks.ablate"}
+BENCHMARKS = {"trace": "interp.benchmarks.trace", "ablate": "interp.benchmarks.ablate", "atp": "interp.benchmarks.atp"}
 
 
 def main(argv: list[str] | None = None) -> int:
