@@ -222,3 +222,24 @@ def test_transformer_lens_patching_agrees_with_manual_patching(model):
     base_value = metric(model(corrupt))
     diff_pos = int((clean != corrupt).nonzero()[0, 1])
     assert not torch.isclose(resid[0, diff_pos], base_value)
+
+
+# ----------------------------------------------------------------------------------- post-LN (BERT)
+def test_bert_plain_tokens_use_the_pad_mask_and_decompositions_are_refused():
+    """MiniLM (post-LN): ids from to_tokens carry the padding through the pad id; the residual
+    decompositions do not apply and say why instead of returning sums that do not add up."""
+    from interp import load_text_encoder
+    from interp.models.lens import NotApplicableError
+
+    minilm = load_text_encoder("all-MiniLM-L6-v2").eval()
+    tokens = minilm.to_tokens(TEXTS)
+    assert (tokens == minilm.tokenizer.pad_id).any(), "the batch must be padded"
+    with torch.no_grad():
+        assert torch.equal(minilm(tokens), minilm(minilm.to_token_batch(TEXTS)))
+        _, cache = minilm.run_with_cache(tokens)
+    assert torch.equal(cache["embed"], cache["hook_embed"])
+    for call in (lambda: cache.decompose_resid(), lambda: cache.get_full_resid_decomposition(),
+                 lambda: cache.accumulated_resid(apply_ln=True), lambda: cache.stack_head_results(apply_ln=True)):
+        with pytest.raises(NotApplicableError, match="post-LN"):
+            call()
+    assert cache.accumulated_resid().shape[0] == minilm.cfg.n_layers + 1  # stacking states is fine
