@@ -16,7 +16,9 @@ against the exact engine on a sample (:func:`interp.heads.atp.fidelity`).
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import ClipInterpError
@@ -86,3 +88,37 @@ def atp_patched_scores(model, runs: TraceRuns, spec: TraceSpec, *, batch_size: i
         source_scores[idx.to(device)] = s_scores
     return PatchedScores(patched=patched, base=base_scores, source=source_scores, n_forward=n_forward)
 
+
+
+def cell_fidelity(
+    estimate: Float[Tensor, "item axis pos"], exact: Float[Tensor, "item axis pos"], *, k: int = 10
+) -> pd.DataFrame:
+    """How far AtP's cell effects can be trusted: per layer (and ``"all"``), Spearman correlation
+    and top-k overlap (by |effect|) of the estimated vs the exact effects over every real
+    (item, position) cell, and the largest absolute error. NaN cells (padding) are dropped."""
+    from interp.heads.atp import spearman, top_k_overlap
+
+    est, exa = estimate.double().cpu(), exact.double().cpu()
+    keep = ~(est.isnan() | exa.isnan())
+    rows = []
+    for layer in ["all", *range(est.shape[1])]:
+        sel = keep.clone()
+        if layer != "all":
+            sel[:, [j for j in range(est.shape[1]) if j != layer]] = False
+        x, y = est[sel].numpy(), exa[sel].numpy()
+        rows.append({"layer": layer, "n_cells": int(sel.sum()), "spearman": spearman(x, y),
+                     f"top{k}_overlap": top_k_overlap(x, y, k),
+                     "max_abs_error": float(abs(x - y).max()) if len(x) else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def atp_check(model, items, directions: Tensor, spec: TraceSpec, *, mode: str = "patch", direction: str = "denoise",
+              noise=None, k: int = 10, budget_mb: float | None = None) -> pd.DataFrame:
+    """Re-run ``items`` with the exact engine and AtP; :func:`cell_fidelity` of their effects."""
+    from interp.tracing.engine import DEFAULT_BUDGET_MB, patched_scores
+    from interp.tracing.inputs import build_runs, effects
+
+    runs, per_item = build_runs(model, items, directions, mode, direction, noise)
+    exact = effects(patched_scores(model, runs, spec, budget_mb=budget_mb or DEFAULT_BUDGET_MB), per_item)[0]
+    estimate = effects(atp_patched_scores(model, runs, spec), per_item)[0]
+    return cell_fidelity(estimate, exact, k=k)
