@@ -138,3 +138,46 @@ def test_fidelity_measures_on_known_rankings():
     assert table["spearman"].tolist() == pytest.approx([1.0, 1.0, 1.0])
     assert table["top2_overlap"].iloc[0] == 1.0
     assert table["max_abs_error"].iloc[0] == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("site", ["q", "k"])
+@pytest.mark.parametrize("method", ["zero", "mean"])
+def test_qk_fix_is_exact_where_only_the_softmax_is_nonlinear(weights, site, method):
+    """Linear encoder whose last block has real queries and keys: downstream of that block's pattern
+    everything is affine, so AtP* (exact pattern, linear after it) equals the exact ablation, while
+    plain AtP (linear through the softmax) does not."""
+    from interp.heads.atp import atp_qk_ablation_scores
+
+    model = build_linear_encoder(seed=0)
+    last = model.blocks[-1].attn
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        last.W_Q.copy_(torch.randn(last.W_Q.shape, generator=gen, dtype=torch.float64))
+        last.W_K.copy_(torch.randn(last.W_K.shape, generator=gen, dtype=torch.float64))
+    texts = BASES + SOURCES
+    batch = model.to_token_batch(texts)
+    layer = model.cfg.n_layers - 1
+    heads = all_heads(model, [layer])
+    rows_metric = lambda e, rows: e @ weights  # noqa: E731
+    fixed = atp_qk_ablation_scores(model, batch, heads, site, method, metric=rows_metric)
+    plain = atp_qk_ablation_scores(model, batch, heads, site, method, metric=rows_metric, qk_fix=False)
+    keep = batch.attention_mask[:, :, None]
+    if method == "mean":
+        with torch.no_grad():
+            _, cache = model.run_with_cache(batch)
+        act = cache[f"blocks.{layer}.attn.hook_{site}"]
+        mask = batch.attention_mask[..., None, None].double()
+        mean = (act * mask).sum(0) / mask.sum(0)  # [pos, head, d_head] over the real tokens
+    for c, comp in enumerate(heads):
+        value = torch.zeros(batch.tokens.shape[1], model.cfg.d_head, dtype=torch.float64) if method == "zero" \
+            else mean[:, comp.head]
+
+        def hook(x, hook, h=comp.head, value=value):
+            x = x.clone()
+            x[:, :, h] = torch.where(keep, value, x[:, :, h])
+            return x
+
+        with torch.no_grad():
+            exact = model.run_with_hooks(batch, fwd_hooks=[(f"blocks.{layer}.attn.hook_{site}", hook)]) @ weights
+        torch.testing.assert_close(fixed.ablated[c].double(), exact, rtol=1e-6, atol=ATOL)
+    assert (plain.ablated - fixed.ablated).abs().max() > 1e-3, "the softmax must be non-linear here"

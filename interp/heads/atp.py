@@ -186,3 +186,89 @@ def fidelity(estimate: pd.DataFrame, exact: pd.DataFrame, *, value: str = "effec
                      f"top{k}_overlap": top_k_overlap(part["estimate"], part["exact"], k),
                      "max_abs_error": float((part["estimate"] - part["exact"]).abs().max())})
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------ queries and keys
+QK_SITES = ("q", "k")
+
+
+def atp_qk_ablation_scores(
+    model,
+    batch: TokenBatch,
+    heads: Sequence[Component],
+    site: str,
+    method: str = "zero",
+    *,
+    directions: Float[Tensor, "sentence d_embed"] | None = None,
+    metric: SentenceMetric | None = None,
+    qk_fix: bool = True,
+    sentence_batch: int = 64,
+) -> AblationScores:
+    """Estimated scores with each head's queries (``site="q"``) or keys (``"k"``) ablated at every
+    real position: ``zero``, or ``mean`` (per position over the real tokens of ``batch`` itself).
+
+    With ``qk_fix`` (AtP*, Kramar et al. 2024, Sec. 3.1) the head's attention pattern under the
+    ablation is recomputed exactly (one softmax, no forward pass) and only the step from the
+    pattern to the score is linearised: ``sum (P' - P) . dS/dP``. Plain AtP linearises through the
+    softmax, ``sum (q' - q) . dS/dq``, and misses saturation: a score far from the softmax's
+    linear range changes the pattern much less (or more) than its gradient says.
+    """
+    if site not in QK_SITES:
+        raise AblationError(f"site={site!r}: the QK estimate is for a head's queries 'q' or keys 'k'")
+    if method not in ATP_METHODS:
+        raise AblationError(f"AtP estimates {' and '.join(ATP_METHODS)} ablation, not {method!r}")
+    heads = list(heads)
+    check_components(model, heads)
+    if any(c.kind != "head" for c in heads):
+        raise AblationError("queries and keys belong to heads: pass head components only")
+    if (metric is None) == (directions is None):
+        raise AblationError("pass directions=[sentence, d_embed] (cosine score) or metric=f(embedding, rows), one of them")
+    metric = metric or _cosine_metric(directions)
+    layers = sorted({c.layer for c in heads})
+    names = [f"blocks.{l}.attn.hook_{w}" for l in layers for w in ("q", "k", "attn_scores", "pattern")]
+    means = _qk_means(model, batch, layers, site, sentence_batch) if method == "mean" else None
+    clean = torch.zeros(len(batch))
+    estimate = torch.zeros(len(heads), len(batch))
+    order = torch.argsort(batch.lengths, stable=True)
+    for start in range(0, len(batch), sentence_batch):
+        idx = order[start:start + sentence_batch]
+        sub = _trim(model, batch, idx).to(model.device)
+        width = sub.tokens.shape[1]
+        keep = sub.attention_mask[:, :, None, None]
+        acts, grads, scores = _forward_backward(model, sub, names, lambda e: metric(e, idx))
+        clean[idx] = scores.float().cpu()
+        per_layer = {}
+        for layer in layers:
+            a = lambda w: acts[f"blocks.{layer}.attn.hook_{w}"]  # noqa: E731
+            act = a(site)
+            value = torch.zeros_like(act) if means is None else means[layer][None, :width].to(act).expand_as(act)
+            new = torch.where(keep, value, act)
+            if qk_fix:
+                q, k = (new, a("k")) if site == "q" else (a("q"), new)
+                logits = torch.einsum("bqhe,bkhe->bhqk", q, k) / model.cfg.d_head ** 0.5
+                logits = logits.masked_fill(torch.isinf(a("attn_scores")), float("-inf"))
+                change = torch.softmax(logits, dim=-1) - a("pattern")
+                per_layer[layer] = (change.nan_to_num() * grads[f"blocks.{layer}.attn.hook_pattern"]).sum((2, 3))
+            else:
+                per_layer[layer] = ((new - act) * grads[f"blocks.{layer}.attn.hook_{site}"]).sum((1, 3))
+        for c, comp in enumerate(heads):
+            estimate[c, idx] = clean[idx] + per_layer[comp.layer][:, comp.head].float().cpu()
+    return AblationScores(clean=clean, ablated=estimate, components=heads)
+
+
+@torch.no_grad()
+def _qk_means(model, batch: TokenBatch, layers: Sequence[int], site: str, sentence_batch: int) -> dict[int, Tensor]:
+    """Per-position mean ``[pos, head, d_head]`` of each layer's q or k over the batch's real tokens."""
+    names = [f"blocks.{l}.attn.hook_{site}" for l in layers]
+    width = batch.tokens.shape[1]
+    sums = {l: None for l in layers}
+    counts = torch.zeros(width, dtype=torch.float64)
+    for start in range(0, len(batch), sentence_batch):
+        sub = batch[list(range(start, min(start + sentence_batch, len(batch))))].to(model.device)
+        _, cache = model.run_with_cache(sub, names_filter=names)
+        keep = sub.attention_mask.to(torch.float64).cpu()
+        counts += keep.sum(0)
+        for l, name in zip(layers, names):
+            part = torch.einsum("bp,bphe->phe", keep, cache[name].double().cpu())
+            sums[l] = part if sums[l] is None else sums[l] + part
+    return {l: (sums[l] / counts.clamp(min=1)[:, None, None]).to(model.dtype) for l in layers}
