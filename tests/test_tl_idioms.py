@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from transformer_lens import patching
 from transformer_lens.utilities import get_act_name
 
-PAIR = ["There is no dog on the table.", "There is a dog on the table."]
+PAIR = ["No dog.", "A dog."]  # 5 tokens: the TL sweeps run one forward per cell
 TEXTS = ["There are no animals.", "A photo of a cat.", "There is a dog on the red table."]
 ATOL = 1e-5
 
