@@ -194,34 +194,52 @@ def _manual_patch(model, base, name, clean, index):
 
 
 def test_transformer_lens_patching_agrees_with_manual_patching(model):
+    """``get_act_patch_resid_pre`` / ``get_act_patch_attn_head_out_by_pos`` on every cell of tiny; on
+    ViT-B-32 (their 12 x 5 x 8 one-forward-per-cell runs would dominate the suite) the same TL
+    machinery, ``generic_activation_patch`` with the helpers' patch setters, on chosen cells."""
+    import pandas as pd
+
     tokens = model.to_tokens(PAIR)
     clean, corrupt = tokens[:1], tokens[1:]
     torch.manual_seed(0)
     direction = torch.randn(model.cfg.d_embed)
+    n_layers, n_heads, n_pos = model.cfg.n_layers, model.cfg.n_heads, tokens.shape[1]
 
     def metric(out):
         return out[0] @ direction
 
+    cells = [(0, 0), (0, n_pos - 1), (n_layers - 1, 3), (1, 1), (1, 4)]
+    head_cells = [(layer, pos, head) for layer, pos in cells for head in (0, n_heads - 1)]
     with torch.no_grad():
         _, clean_cache = model.run_with_cache(clean)
-        resid = patching.get_act_patch_resid_pre(model, corrupt, clean_cache, metric)
-        heads = patching.get_act_patch_attn_head_out_by_pos(model, corrupt, clean_cache, metric)
-        n_pos = tokens.shape[1]
-        assert resid.shape == (model.cfg.n_layers, n_pos)
-        assert heads.shape == (model.cfg.n_layers, n_pos, model.cfg.n_heads)
-        cells = [(0, 0), (0, n_pos - 1), (model.cfg.n_layers - 1, 3), (1, 4)]
-        for layer, pos in cells:
+        if n_layers <= 2:
+            resid_grid = patching.get_act_patch_resid_pre(model, corrupt, clean_cache, metric)
+            head_grid = patching.get_act_patch_attn_head_out_by_pos(model, corrupt, clean_cache, metric)
+            assert resid_grid.shape == (n_layers, n_pos) and head_grid.shape == (n_layers, n_pos, n_heads)
+            resid = {cell: resid_grid[cell] for cell in cells}
+            heads = {cell: head_grid[cell] for cell in head_cells}
+        else:
+            # What those helpers run, restricted to the chosen cells (they accept no index_df).
+            flat = patching.generic_activation_patch(
+                model, corrupt, clean_cache, metric, patch_setter=patching.layer_pos_patch_setter,
+                activation_name="resid_pre", index_df=pd.DataFrame(cells, columns=["layer", "pos"]))
+            resid = dict(zip(cells, flat))
+            flat = patching.generic_activation_patch(
+                model, corrupt, clean_cache, metric, patch_setter=patching.layer_pos_head_vector_patch_setter,
+                activation_name="z", index_df=pd.DataFrame(head_cells, columns=["layer", "pos", "head_index"]))
+            heads = dict(zip(head_cells, flat))
+        for (layer, pos), value in resid.items():
             name = f"blocks.{layer}.hook_resid_pre"
             want = metric(_manual_patch(model, corrupt, name, clean_cache[name], (slice(None), pos)))
-            _close(resid[layer, pos], want, rel_to=want)
-            for head in (0, model.cfg.n_heads - 1):
-                name = f"blocks.{layer}.attn.hook_z"
-                want = metric(_manual_patch(model, corrupt, name, clean_cache[name], (slice(None), pos, head)))
-                _close(heads[layer, pos, head], want, rel_to=want)
-    # Patching the state where the two texts differ matters; the unpatched run is the baseline.
-    base_value = metric(model(corrupt))
-    diff_pos = int((clean != corrupt).nonzero()[0, 1])
-    assert not torch.isclose(resid[0, diff_pos], base_value)
+            _close(value, want, rel_to=want)
+        for (layer, pos, head), value in heads.items():
+            name = f"blocks.{layer}.attn.hook_z"
+            want = metric(_manual_patch(model, corrupt, name, clean_cache[name], (slice(None), pos, head)))
+            _close(value, want, rel_to=want)
+        # Patching the state where the two texts differ matters; the unpatched run is the baseline.
+        base_value = metric(model(corrupt))
+        assert torch.isclose(resid[(0, 0)], base_value)  # SOT: the same state in both texts
+        assert not torch.isclose(resid[(1, 1)], base_value)  # "no" vs "a"
 
 
 # ----------------------------------------------------------------------------------- post-LN (BERT)
