@@ -49,7 +49,7 @@ def _normalized(resid: torch.Tensor, eps: float) -> torch.Tensor:
 
 def _close(got: torch.Tensor, want: torch.Tensor, rel_to: torch.Tensor | None = None) -> None:
     scale = 1.0 if rel_to is None else float(rel_to.abs().max())
-    err = float((got - want).abs().max())
+    err = float((got - want).detach().abs().max())
     assert err <= ATOL * max(scale, 1.0), f"max |diff| {err:.3g} over {ATOL} x {scale:.3g}"
 
 

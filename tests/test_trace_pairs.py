@@ -48,7 +48,7 @@ def _oracle_table_values(model, bases, sources, kind="resid", window=1, **kwargs
 def _table_grid(table, column, shape):
     grid = torch.full(shape, float("nan"), dtype=torch.float64)
     index = [torch.as_tensor(table[c].to_numpy(copy=True)) for c in ("pair", "layer", "position")]
-    grid[index] = torch.as_tensor(table[column].to_numpy(copy=True))
+    grid[tuple(index)] = torch.as_tensor(table[column].to_numpy(copy=True))
     return grid
 
 

@@ -14,10 +14,10 @@ many components. The estimate is exact when the score is affine in the component
 LayerNorm curvature are what it misses, so every use should check it against exact re-runs
 (:func:`fidelity`).
 
-AtP* QK fix (Kramar et al. 2024, Sec. 3.1) is for nodes whose effect goes *through* an attention
-pattern (a head's queries or keys). The components here are head outputs ``z`` and block outputs,
-which enter the residual stream linearly; their estimate has no softmax step to re-run, so the fix
-does not apply to them.
+AtP*'s QK fix (Kramar et al. 2024, Sec. 3.1) is for nodes whose effect goes *through* an
+attention pattern: :func:`atp_qk_ablation_scores` estimates ablating a head's queries or keys with
+the pattern recomputed exactly. Head outputs ``z`` and block outputs enter the residual stream
+linearly, so their estimate (:func:`atp_ablation_scores`) has no softmax step to re-run.
 """
 
 from __future__ import annotations
