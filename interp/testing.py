@@ -130,6 +130,49 @@ def build_negator_selective_encoder(**kwargs) -> PlantedEncoder:
     return planted
 
 
+class _IdentityNorm(torch.nn.Module):
+    """Stands in for a LayerNorm in :func:`build_linear_encoder`: returns its input (hooked)."""
+
+    def __init__(self):
+        super().__init__()
+        from transformer_lens.hook_points import HookPoint
+
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_normalized(x)
+
+
+@torch.no_grad()
+def build_linear_encoder(seed: int = 0, n_layers: int = 3, d_model: int = 32, n_heads: int = 4,
+                         dtype: torch.dtype = torch.float64) -> HookedTextEncoder:
+    """A causal CLIP-like encoder whose output is an affine function of every activation.
+
+    Every LayerNorm is the identity; queries and keys are zero, so each head attends uniformly to
+    the positions up to its own (a fixed pattern: attention is linear in the values); the MLP's
+    ReLU sits on pre-activations shifted far above zero, where it is the identity. Output, head
+    and MLP weights are random, so every head, block and position has a distinct, non-zero
+    effect, and first-order attribution (AtP) is exact on it under any affine metric.
+    """
+    cfg = TextEncoderConfig(
+        n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_mlp=2 * d_model, n_ctx=77, d_vocab=49408,
+        d_embed=d_model // 2, act_fn="relu", model_name="planted-linear", pretrained=f"hand-built (seed {seed})",
+    )
+    model = HookedTextEncoder(cfg, CLIPTokenizer(), init=False)
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    for block in model.blocks:
+        block.attn.W_Q.zero_()
+        block.attn.W_K.zero_()
+        block.mlp.b_in.fill_(1e3)  # |x @ W_in| stays far below this: ReLU = identity
+        block.mlp.b_out.copy_(-(block.mlp.b_in @ block.mlp.W_out))  # cancel the shift (kept small residuals)
+        block.ln1, block.ln2 = _IdentityNorm(), _IdentityNorm()
+    model.ln_final = _IdentityNorm()
+    model.setup()  # register the replaced modules' hooks
+    return model.to(dtype).eval()
+
+
 # ----------------------------------------------------------------------------- image side
 
 # Residual dimensions of the planted image encoder.

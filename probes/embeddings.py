@@ -105,7 +105,7 @@ def encode_texts(model: Any, texts: Sequence[str], *, layers: bool | Sequence[in
     names = _layer_names(model, layer_ids)
     finals, pooled = [], []
     for start in tqdm(range(0, len(texts), batch_size), desc="encode", disable=not progress, leave=False):
-        batch = model.to_tokens(texts[start:start + batch_size]).to(model.device)
+        batch = model.to_token_batch(texts[start:start + batch_size]).to(model.device)
         weights = pooling_mask(model, batch)
         store: dict[str, Tensor] = {}
 

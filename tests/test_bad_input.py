@@ -67,7 +67,7 @@ def test_over_long_text_is_named_with_its_length(tiny_model):
     with pytest.raises(TokenizationError, match=r"is 122 tokens long, over the model's context of 77"):
         tiny_model(text)
     with pytest.warns(UserWarning, match="truncated to 77"):
-        batch = tiny_model.to_tokens([text], truncate=True)
+        batch = tiny_model.to_token_batch([text], truncate=True)
     assert batch.tokens.shape[1] == 77 and batch.tokens[0, -1] == 49407
 
 

@@ -81,7 +81,7 @@ def test_packaged_weights_have_the_published_sha256():
 # ------------------------------------------------------------------------------------ parity
 def test_tokens_equal_bert_tokenizer_fast(minilm, transformers_bert):
     _, tokenizer = transformers_bert
-    batch = minilm.to_tokens(TEXTS)
+    batch = minilm.to_token_batch(TEXTS)
     ref = tokenizer(TEXTS, padding=True, return_tensors="pt")
     assert torch.equal(batch.tokens, ref["input_ids"])
     assert torch.equal(batch.attention_mask, ref["attention_mask"].bool())
@@ -90,7 +90,7 @@ def test_tokens_equal_bert_tokenizer_fast(minilm, transformers_bert):
 
 def test_every_layer_and_the_embedding_match_bert_model(minilm, transformers_bert):
     model, _ = transformers_bert
-    batch = minilm.to_tokens(TEXTS)
+    batch = minilm.to_token_batch(TEXTS)
     with torch.no_grad():
         ref = model(input_ids=batch.tokens, attention_mask=batch.attention_mask.long(), output_hidden_states=True)
         _, cache = minilm.run_with_cache(batch)
@@ -105,7 +105,7 @@ def test_every_layer_and_the_embedding_match_bert_model(minilm, transformers_ber
 
 def test_float64_removes_the_float32_differences(minilm, transformers_bert):
     model, _ = transformers_bert
-    batch = minilm.to_tokens(TEXTS)
+    batch = minilm.to_token_batch(TEXTS)
     ours64 = load_text_encoder("all-MiniLM-L6-v2", dtype=torch.float64)
     ref64 = model.to(torch.float64)
     try:
@@ -128,7 +128,7 @@ def test_embedding_matches_sentence_transformers_encode(minilm):
     long_text = " ".join(["a cat sat on the mat"] * 60)  # 362 tokens: sentence-transformers cuts at 256
     expected = reference.encode(TEXTS + [long_text], convert_to_tensor=True, batch_size=4)
     with torch.no_grad(), pytest.warns(UserWarning, match="truncated to 256"):
-        got = minilm(minilm.to_tokens(TEXTS + [long_text], truncate=True))
+        got = minilm(minilm.to_token_batch(TEXTS + [long_text], truncate=True))
     assert (got - expected.cpu()).abs().max().item() <= ATOL_EMBEDDING_FP32
 
 
@@ -144,7 +144,7 @@ def test_every_hook_is_on_the_data_path(minilm):
     hook name and each hook perturbs only its own copy (rows do not interact). The perturbation
     adds seeded noise: a per-position shift or scale would be undone by the LayerNorm right after
     some hooks (post-LN), so it would prove nothing there."""
-    batch = minilm.to_tokens(["There are no dogs.", "A cat."])  # with padding in the second row
+    batch = minilm.to_token_batch(["There are no dogs.", "A cat."])  # with padding in the second row
     minilm.set_use_attn_result(True)
     try:
         names = sorted(minilm.hook_dict)
@@ -177,7 +177,7 @@ def test_every_hook_is_on_the_data_path(minilm):
 
 def test_bert_specific_hook_names_exist(minilm):
     names = set(minilm.hook_dict)
-    for name in ("embed.hook_token_type_embed", "embed.ln.hook_normalized", "blocks.0.hook_normalized_resid_post",
+    for name in ("hook_token_type_embed", "embed.ln.hook_normalized", "blocks.0.hook_normalized_resid_post",
                  "blocks.5.attn.hook_pattern", "blocks.5.attn.hook_z", "blocks.5.mlp.hook_post", "hook_pooled"):
         assert name in names
 
@@ -187,14 +187,14 @@ def test_a_padded_batch_equals_each_sentence_alone(minilm):
     with torch.no_grad():
         together = minilm(TEXTS)
         alone = torch.cat([minilm([text]) for text in TEXTS])
-    assert minilm.to_tokens(TEXTS).attention_mask.sum(-1).unique().numel() > 1, "the batch must be padded"
+    assert minilm.to_token_batch(TEXTS).attention_mask.sum(-1).unique().numel() > 1, "the batch must be padded"
     assert (together - alone).abs().max().item() <= ATOL_PADDING_FP32
 
 
 def test_padding_ids_are_invisible(minilm):
     """Masked keys and the masked mean make the ids at padded positions irrelevant, bit for bit."""
-    batch = minilm.to_tokens(TEXTS)
-    scrambled = minilm.to_tokens(TEXTS)
+    batch = minilm.to_token_batch(TEXTS)
+    scrambled = minilm.to_token_batch(TEXTS)
     pad = ~scrambled.attention_mask
     scrambled.tokens[pad] = torch.randint(1000, 2000, (int(pad.sum()),), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -206,12 +206,12 @@ def test_over_long_text_is_an_error_unless_truncated(minilm, transformers_bert):
     _, tokenizer = transformers_bert
     long_text = " ".join(["word"] * 300)
     with pytest.raises(TokenizationError, match="256"):
-        minilm.to_tokens([long_text])
+        minilm.to_token_batch([long_text])
     with pytest.warns(UserWarning, match="truncated"):
         ids = minilm.tokenizer.encode(long_text, truncate=True)
     assert ids == tokenizer(long_text, truncation=True, max_length=256)["input_ids"]
     with pytest.raises(TokenizationError, match="empty"):
-        minilm.to_tokens(["   "])
+        minilm.to_token_batch(["   "])
 
 
 # ------------------------------------------------------------------------------------ loaders
@@ -298,7 +298,7 @@ def test_plain_bert_directory_with_vocab_txt_and_cls_pooling(tmp_path, transform
     shutil.copy(minilm_directory() / "tokenizer_config.json", folder / "tokenizer_config.json")
     hooked = load_bert_directory(folder)
     assert (hooked.cfg.d_model, hooked.cfg.n_layers, hooked.cfg.n_ctx) == (32, 2, 64)
-    batch = hooked.to_tokens(TEXTS)
+    batch = hooked.to_token_batch(TEXTS)
     with torch.no_grad():
         hidden = reference(input_ids=batch.tokens, attention_mask=batch.attention_mask.long()).last_hidden_state
         got_mean = hooked(batch)

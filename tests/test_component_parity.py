@@ -23,7 +23,7 @@ def pair():
 @pytest.fixture(scope="module")
 def run(pair, sentences):
     reference, hooked = pair
-    batch = hooked.to_tokens(sentences)
+    batch = hooked.to_token_batch(sentences)
     with torch.no_grad():
         _, cache = hooked.run_with_cache(batch)
     return batch, cache

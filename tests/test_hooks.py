@@ -22,7 +22,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def batch(model, sentences):
-    return model.to_tokens(sentences)
+    return model.to_token_batch(sentences)
 
 
 def _perturb(name: str):
@@ -43,7 +43,7 @@ def test_hook_names_follow_transformer_lens(model):
                        "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result",
                        "mlp.hook_pre", "mlp.hook_post"):
             assert f"blocks.{layer}.{suffix}" in names
-    assert {"embed.hook_embed", "embed.hook_pos_embed", "ln_final.hook_normalized", "hook_pooled", "hook_embedding"} <= names
+    assert {"hook_embed", "hook_pos_embed", "ln_final.hook_normalized", "hook_pooled", "hook_embedding"} <= names
 
 
 def test_every_hook_fires_identity_is_exact_and_perturbation_changes_output(model, batch):

@@ -41,7 +41,7 @@ def _by_length(aligned):
 def _states(model, texts):
     """(embedding [n, d], residual states [layer, n, pos, d_model]) in one forward; texts have equal length."""
     names = [model.resid_hook_name(layer) for layer in range(model.cfg.n_layers + 1)]
-    batch = model.to_tokens(texts)
+    batch = model.to_token_batch(texts)
     assert bool(batch.attention_mask.all()), "a length group must need no padding"
     with torch.no_grad():
         embedding, cache = model.run_with_cache(batch, names_filter=names)
@@ -162,8 +162,8 @@ def test_the_tracing_engine_on_minilm_matches_a_plain_patching_loop(minilm, alig
 
     items = [aligned[i] for i in range(0, len(aligned), len(aligned) // 16)][:16]
     assert len({item.length for item in items}) > 1, "the batch must mix lengths (padding)"
-    batch_n = minilm.to_tokens([item.pair.negated for item in items])
-    batch_a = minilm.to_tokens([item.pair.affirmative for item in items])
+    batch_n = minilm.to_token_batch([item.pair.negated for item in items])
+    batch_a = minilm.to_token_batch([item.pair.affirmative for item in items])
     with torch.no_grad():
         e_n, e_a = minilm(batch_n), minilm(batch_a)
     direction = text_target_directions(e_n, e_a)

@@ -103,7 +103,7 @@ def test_matches_transformers_clip_text_model_with_projection(sentences, tmp_pat
 
 def test_full_context_equals_trimmed_batch(tiny_model, open_clip_module, sentences):
     """Trimming to the longest real text gives the 77-token context's pooled output."""
-    trimmed = tiny_model.to_tokens(sentences)
+    trimmed = tiny_model.to_token_batch(sentences)
     assert trimmed.tokens.shape[1] < 77
     full = open_clip_module.tokenize(sentences)
     assert torch.equal(full[:, : trimmed.tokens.shape[1]], trimmed.tokens)

@@ -8,7 +8,7 @@ import torch
 
 def test_patching_every_position_of_resid_pre_reproduces_the_source_exactly(tiny_model):
     source, target = "There is no dog on the table.", "There is a cat on the table."
-    a, b = tiny_model.to_tokens([source]), tiny_model.to_tokens([target])
+    a, b = tiny_model.to_token_batch([source]), tiny_model.to_token_batch([target])
     assert a.tokens.shape == b.tokens.shape and torch.equal(a.pool_index, b.pool_index)
     with torch.no_grad():
         embed_a, cache_a = tiny_model.run_with_cache(a)
@@ -21,7 +21,7 @@ def test_patching_every_position_of_resid_pre_reproduces_the_source_exactly(tiny
 
 
 def test_stop_then_start_equals_full_forward(tiny_model, sentences):
-    batch = tiny_model.to_tokens(sentences)
+    batch = tiny_model.to_token_batch(sentences)
     with torch.no_grad():
         full, cache = tiny_model.run_with_cache(batch)
         for layer in range(tiny_model.cfg.n_layers + 1):
@@ -32,7 +32,7 @@ def test_stop_then_start_equals_full_forward(tiny_model, sentences):
 
 
 def test_partial_run_arguments_are_checked(tiny_model):
-    batch = tiny_model.to_tokens(["There is a dog."])
+    batch = tiny_model.to_token_batch(["There is a dog."])
     with pytest.raises(ValueError, match="residual"):
         tiny_model(batch, start_at_layer=1)
     with pytest.raises(ValueError, match="outside 0..2"):
@@ -47,8 +47,8 @@ def test_transformer_lens_activation_patching_runs_on_the_hooked_encoder(tiny_mo
     from transformer_lens import patching
 
     assert tiny_model.cfg.device == "cpu"
-    source = tiny_model.to_tokens(["There is no dog."]).tokens
-    base = tiny_model.to_tokens(["There is a dog."]).tokens
+    source = tiny_model.to_token_batch(["There is no dog."]).tokens
+    base = tiny_model.to_token_batch(["There is a dog."]).tokens
     with torch.no_grad():
         _, cache = tiny_model.run_with_cache(source)
         grid = patching.get_act_patch_resid_pre(tiny_model, base, cache, lambda out: out[0, 0])

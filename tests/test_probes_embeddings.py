@@ -39,7 +39,7 @@ def mean_pooled():
 
 
 def _plain_layers(model, text):
-    batch = model.to_tokens([text])
+    batch = model.to_token_batch([text])
     states = [model(batch, stop_at_layer=layer)[0] for layer in range(model.cfg.n_layers + 1)]
     return batch, states
 

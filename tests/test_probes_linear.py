@@ -141,7 +141,7 @@ def test_role_features_equal_plain_loop(planted):
     positions = [[2, 3] for _ in texts]
     feats = collect_role_features(model, texts, {"pooled": None, "slot+1": positions}, batch_size=7)
     for i in (0, 5, 11):
-        batch = model.to_tokens([texts[i]])
+        batch = model.to_token_batch([texts[i]])
         eot = int(batch.tokens[0].argmax())
         for layer in range(model.cfg.n_layers + 1):
             resid = model(batch, stop_at_layer=layer)[0]
@@ -157,7 +157,7 @@ def test_steer_equals_split_forward(planted):
     shift = torch.linspace(-2, 2, 4, dtype=torch.float64)
     out = steer(model, texts[:4], 2, d, shift, None, batch_size=3)
     for i in range(4):
-        batch = model.to_tokens([texts[i]])
+        batch = model.to_token_batch([texts[i]])
         resid = model(batch, stop_at_layer=2).clone()
         resid[0, int(batch.tokens[0].argmax())] += float(shift[i]) * d.float()
         ref = model(batch, start_at_layer=2, residual=resid)[0]

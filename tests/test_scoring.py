@@ -153,8 +153,8 @@ def test_cte_invariants_with_text_target(tiny_aligned):
         by_length.setdefault(a.length, a)
     for a in [by_length[7], by_length[10], by_length[16]]:
         n = a.length
-        batch_n = model.to_tokens([a.pair.negated])
-        batch_a = model.to_tokens([a.pair.affirmative] * n)
+        batch_n = model.to_token_batch([a.pair.negated])
+        batch_a = model.to_token_batch([a.pair.affirmative] * n)
         assert batch_n.tokens[0].tolist() == list(a.tokens_negated)
         with torch.no_grad():
             e_n, e_a = model(batch_n), model(batch_a[[0]])

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m interp.bench trace``, ``python -m interp.bench ablate`` and ``python -m interp.bench load``.
+"""Benchmarks: ``python -m interp.bench trace|ablate|atp|image-trace|load|fidelity``.
 
 Each benchmark times the fast engine and its plain reference side by side in one process and
 prints ratios; the README's performance section quotes their output with the command.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"trace": "interp.benchmarks.trace", "ablate": "interp.benchmarks.ablate",
+BENCHMARKS = {"trace": "interp.benchmarks.trace", "ablate": "interp.benchmarks.ablate", "atp": "interp.benchmarks.atp",
               "image-trace": "interp.benchmarks.image_trace", "load": "interp.benchmarks.load",
               "fidelity": "interp.benchmarks.fidelity"}
 

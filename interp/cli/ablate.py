@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preprocess", choices=PREPROCESS_PIPELINES,
                    help="image preprocessing: hf (CLIPImageProcessor, the negation study's) or open_clip "
                         "(default: follows the weights' source, hf for a Hugging Face checkpoint)")
-    p.add_argument("--method", default="mean", help=f"ablation method: {', '.join(METHODS)} (default mean)")
+    p.add_argument("--method", default="mean", help=f"ablation method: {', '.join(METHODS)} (default mean), or atp: "
+                   "attribution-patching estimates of the --atp-ablation (one backward pass per chunk)")
+    p.add_argument("--atp-ablation", default="mean", choices=["mean", "zero"], help="what --method atp estimates (default mean)")
+    p.add_argument("--atp-check", type=int, default=0, metavar="N",
+                   help="with --method atp: re-run the first N items exactly and report AtP's fidelity per layer")
     p.add_argument("--mean-over", default="items", choices=MEAN_OVER,
                    help="mean per position over the reference sentences (items) or over all their tokens (positions)")
     p.add_argument("--reference", default="all", choices=["all", "negated", "affirmative"],
@@ -175,8 +179,14 @@ def ablate_items(model, aligned, dirs1, dirs2, comps, args, target, means, donor
     n = len(aligned)
     frames = []
     for role, mask in masks.items():
-        result = ablation_scores(model, batch, directions, comps, args.method, means=means, donors=donor_batch,
-                                 donor_positions=donor_pos, positions=mask, site=args.site, progress=False)
+        if getattr(args, "atp", False):
+            from interp.heads.atp import atp_ablation_scores
+
+            result = atp_ablation_scores(model, batch, comps, args.method, directions=directions, means=means,
+                                         positions=mask)
+        else:
+            result = ablation_scores(model, batch, directions, comps, args.method, means=means, donors=donor_batch,
+                                     donor_positions=donor_pos, positions=mask, site=args.site, progress=False)
         clean = result.clean[:n] - result.clean[n:]
         ablated = result.ablated[:, :n] - result.ablated[:, n:]  # [component, item]
         for c, comp in enumerate(comps):
@@ -410,8 +420,15 @@ def write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loa
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.method not in METHODS:
-        raise ClipInterpError(f"--method {args.method!r} does not exist: choose one of {', '.join(METHODS)}")
+    if args.method not in (*METHODS, "atp"):
+        raise ClipInterpError(f"--method {args.method!r} does not exist: choose one of {', '.join(METHODS)}, atp")
+    args.atp = args.method == "atp"
+    if args.atp_check < 0 or (args.atp_check and not args.atp):
+        raise ClipInterpError(f"--atp-check {args.atp_check} needs --method atp and a count >= 0")
+    if args.atp:
+        if args.site != "z":
+            raise ClipInterpError("--method atp estimates head ablation at z: drop --site result")
+        args.method = args.atp_ablation  # from here on: the ablation AtP estimates
     if args.limit is not None and args.limit < 1:
         raise ClipInterpError(f"--limit {args.limit} must be at least 1")
     if args.preprocess and not args.images:
@@ -441,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "task": args.task, "model": args.model, "pretrained": model.cfg.pretrained,
         "weights_fingerprint": weights_fingerprint(model), "dtype": args.dtype, "seed": args.seed,
         "target": target, "image_source": args.images or args.image_embeddings, "method": args.method,
+        **({"estimate": "atp"} if args.atp else {}),
         "mean_over": args.mean_over, "reference": args.reference, "site": args.site,
         "components": args.components, "layers": args.layers, "by_role": args.by_role,
         "segment": args.segment, "limit": args.limit, "attention_items": args.attention_items,
@@ -455,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "negation_scoring": {k: settings[k] for k in ("preprocess",) if k in settings},
         "negator_attention": {"further_pool": args.further_pool, "attention_items": args.attention_items},
     }))
-    out = Path(args.out) if args.out else default_run_dir("ablate", args.model, args.method)
+    out = Path(args.out) if args.out else default_run_dir("ablate", args.model, ("atp-" if args.atp else "") + args.method)
     run = RunDir(out, "ablate", settings, info={"device": args.device, "argv": list(argv or sys.argv[1:]),
                                                 "threads": args.threads_chosen, "threads_reason": args.threads_reason})
 
@@ -490,8 +508,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loaded, dirs1, dirs2, comps,
                   attention_aligned=all_aligned if args.attention_items == "all" else aligned)
+    if args.atp and args.atp_check:
+        _atp_fidelity(run, model, aligned[: args.atp_check], dirs1[: args.atp_check], dirs2[: args.atp_check],
+                      comps, args, target, means)
     log.info("wrote %s", run.path / "report.md")
     return 0
+
+
+def _atp_fidelity(run, model, items, dirs1, dirs2, comps, args, target, means) -> None:
+    """Re-run the first items exactly; write atp_fidelity.csv (per layer) and add it to the report."""
+    from interp.heads.atp import fidelity
+    from interp.runs.report import markdown_table
+
+    args.atp = False
+    exact = ablate_items(model, items, dirs1, dirs2, comps, args, target, means, None)
+    args.atp = True
+    estimate = ablate_items(model, items, dirs1, dirs2, comps, args, target, means, None)
+    exact, estimate = exact[exact["role"] == "all"], estimate[estimate["role"] == "all"]
+    table = fidelity(estimate, exact, k=10)
+    run.write_table(table, "atp_fidelity.csv")
+    report = run.path / "report.md"
+    report.write_text(report.read_text() + (
+        f"\n## AtP fidelity (--atp-check {len(items)})\n\nThe effects above are attribution-patching estimates "
+        f"(first order) of {args.method} ablation. The first {len(items)} items were re-run exactly; Spearman "
+        "correlation and top-10 overlap (by |effect|) of each component's estimated vs exact effect (averaged "
+        "over those items), over all components and per layer:\n\n" + markdown_table(table) + "\n"))
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import torch
 
     from interp.data.negation import AlignedPair
+    from interp.runs.rundir import RunDir
 
 log = logging.getLogger("interp.trace")
 
@@ -83,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="denoise: patch N (or the clean run) into A (or the corrupted run) (default); noise: the reverse")
     tracing.add_argument("--kind", choices=KINDS, default="resid", help="patched state: residual (default), attention or MLP output")
     tracing.add_argument("--window", type=int, default=1, help="layers patched per cell, centred as in ROME (default 1)")
+    tracing.add_argument("--method", choices=("exact", "atp"), default="exact",
+                         help="exact: re-run every cell (default); atp: attribution patching, first-order estimates "
+                              "from one backward pass per chunk (window 1 only)")
+    tracing.add_argument("--atp-check", type=int, default=0, metavar="N",
+                         help="with --method atp: re-run the first N items exactly and report AtP's fidelity "
+                              "(Spearman, top-10 overlap per layer) in atp_fidelity.csv and the report")
     tracing.add_argument("--noise-scale", type=float, default=DEFAULT_NOISE_SCALE,
                          help=f"noise std in units of the token-embedding std (noise mode; default {DEFAULT_NOISE_SCALE})")
     tracing.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help=f"seeded noise draws per item (noise mode; default {DEFAULT_SAMPLES})")
@@ -134,6 +141,10 @@ def check_target_args(args: argparse.Namespace) -> Target:
                               "or pass --mode noise")
     if args.chunk_items < 1:
         raise ClipInterpError(f"--chunk-items {args.chunk_items} must be at least 1")
+    if args.atp_check < 0 or (args.atp_check and args.method != "atp"):
+        raise ClipInterpError(f"--atp-check {args.atp_check} needs --method atp and a count >= 0")
+    if args.method == "atp" and args.window != 1:
+        raise ClipInterpError(f"--method atp estimates one layer per cell: drop --window {args.window} (or use --method exact)")
     if args.mode == "noise" and args.noise_scale <= 0:
         raise ClipInterpError(f"--noise-scale {args.noise_scale} must be positive")
     if args.images:
@@ -264,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "weights_fingerprint": weights_fingerprint(model), "dtype": args.dtype, "seed": args.seed,
         "target": target.kind, **target.settings, "segment": args.segment, "mode": args.mode,
         "direction": args.direction, "kind": args.kind, "window": args.window, **noise_info,
+        **({"method": "atp"} if args.method == "atp" else {}),  # exact runs keep their settings unchanged
     }
     settings.update(preset_record({
         "negation_scoring": {k: target.settings[k] for k in ("preprocess",) if k in target.settings},
@@ -285,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         segments=None if seg_all is None else [seg_all[i] for i in selected],
         d_values=None if d_all is None else [float(d_all[i]) for i in selected],
         chunk_items=args.chunk_items, budget_mb=args.budget_mb, progress=not args.no_progress,
+        method=args.method,
     )
     from interp.cli.trace_report import RunContext, write_outputs
 
@@ -298,9 +311,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         d_all=d_all, sides_all=[a.pair.negation_side for a in aligned],
     )
     written = write_outputs(run, context, figures=not args.no_figures)
+    if args.method == "atp" and args.atp_check:
+        written.append(_atp_fidelity(run, model, items[: args.atp_check], directions, selected, spec, args, noise))
     log.info("wrote %d files to %s (%d items traced now, %d resumed) in %.1f s",
              len(written), run.path, stats.items_computed, stats.items_skipped, stats.seconds)
     return 0
+
+
+def _atp_fidelity(run: RunDir, model, items, directions, selected, spec, args, noise) -> Path:
+    """Re-run the first items exactly; write atp_fidelity.csv and add it to the report."""
+    from interp.runs.report import markdown_table
+    from interp.tracing.atp import atp_check
+
+    table = atp_check(model, items, directions(items, selected[: len(items)]), spec, mode=args.mode,
+                      direction=args.direction, noise=noise, budget_mb=args.budget_mb)
+    path = run.write_table(table, "atp_fidelity.csv")
+    section = (
+        f"\n## AtP fidelity (--atp-check {len(items)})\n\n"
+        f"The effects above are attribution-patching estimates (first order). The first {len(items)} items were "
+        "re-run with the exact engine; per layer, Spearman correlation and top-10 overlap (by |effect|) of the "
+        "estimated vs exact cell effects over every (item, position):\n\n" + markdown_table(table) + "\n"
+    )
+    report = run.path / "report.md"
+    report.write_text(report.read_text() + section)
+    return path
 
 
 def _tensor_digest(tensor: torch.Tensor) -> str:

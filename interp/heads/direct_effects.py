@@ -90,7 +90,7 @@ def direct_effects(model, tokens) -> DirectEffects:
             f"{cfg.model_name} is a post-LN encoder (norm={cfg.norm!r}): its residual is renormalised after "
             "every block, so it is not a sum of head and MLP outputs; use ablation (interp.heads.ablation) instead"
         )
-    batch = tokens if isinstance(tokens, TokenBatch) else model.to_tokens(tokens)
+    batch = tokens if isinstance(tokens, TokenBatch) else model.to_token_batch(tokens)
     batch = batch.to(model.device)
     names = {"blocks.0.hook_resid_pre", "ln_final.hook_scale"}
     names |= {f"blocks.{l}.attn.hook_result" for l in range(cfg.n_layers)}

@@ -118,7 +118,13 @@ class WordPieceTokenizer:
         return self._fit(text, self._tok.encode(self._prepare(text)).ids, truncate)
 
     def str_tokens(self, text: str) -> list[str]:
-        return [self._tok.id_to_token(i) for i in self.encode(text)]
+        return self.id_strings(self.encode(text))
+
+    def id_strings(self, ids: Sequence[int]) -> list[str]:
+        return [self._tok.id_to_token(int(i)) for i in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def __call__(self, texts: str | Sequence[str], *, pad_to: str | int = "longest",
                  truncate: bool = False) -> TokenBatch:

@@ -43,8 +43,17 @@ class LayerNorm(nn.Module):
         return self.hook_normalized((x * self.w.to(x.dtype) + self.b.to(x.dtype)).to(dtype))
 
 
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
 class Embed(nn.Module):
-    """Token + position (+ token-type) embeddings; the sum is the residual stream at layer 0."""
+    """Token + position (+ token-type) embeddings; the sum is the residual stream at layer 0.
+
+    The three parts pass through hooks the encoder owns (top-level ``hook_embed``,
+    ``hook_pos_embed``, ``hook_token_type_embed``, TransformerLens's names, which its
+    ``ActivationCache`` looks for when it decomposes the residual stream).
+    """
 
     def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
@@ -54,14 +63,14 @@ class Embed(nn.Module):
             nn.Parameter(torch.empty(cfg.n_token_types, cfg.d_model)) if cfg.n_token_types else None
         )
         self.ln = LayerNorm(cfg.d_model, cfg.eps) if cfg.has_embed_ln else None
-        self.hook_embed = HookPoint()  # [batch, pos, d_model]
-        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
-        self.hook_token_type_embed = HookPoint() if cfg.n_token_types else None
 
     def forward(
         self,
         tokens: Int[Tensor, "batch pos"],
         token_type_ids: Int[Tensor, "batch pos"] | None = None,
+        hook_embed=_identity,
+        hook_pos_embed=_identity,
+        hook_token_type_embed=_identity,
     ) -> Float[Tensor, "batch pos d_model"]:
         n_pos = tokens.shape[1]
         if n_pos > self.W_pos.shape[0]:
@@ -69,12 +78,12 @@ class Embed(nn.Module):
                 f"{n_pos} positions exceed the model's context of {self.W_pos.shape[0]}: "
                 "shorten the texts (the tokenizer reports which)"
             )
-        embed = self.hook_embed(self.W_E[tokens])
-        pos = self.hook_pos_embed(self.W_pos[:n_pos].unsqueeze(0).expand(tokens.shape[0], -1, -1))
+        embed = hook_embed(self.W_E[tokens])
+        pos = hook_pos_embed(self.W_pos[:n_pos].unsqueeze(0).expand(tokens.shape[0], -1, -1))
         x = embed + pos
         if self.W_token_type is not None:
             ids = token_type_ids if token_type_ids is not None else torch.zeros_like(tokens)
-            x = x + self.hook_token_type_embed(self.W_token_type[ids])
+            x = x + hook_token_type_embed(self.W_token_type[ids])
         return self.ln(x) if self.ln is not None else x
 
 

@@ -116,5 +116,27 @@ class TextEncoderConfig:
             return self.pool in ("argmax", "eos", "first")
         return self.pool in ("mean", "first")
 
+    # Fields TransformerLens's ActivationCache and patching read from ``model.cfg`` (fixed here:
+    # this encoder always has attention and MLPs, LayerNorm, learned positions and n_heads K/V heads).
+    @property
+    def normalization_type(self) -> str:
+        return "LN"
+
+    @property
+    def attn_only(self) -> bool:
+        return False
+
+    @property
+    def n_key_value_heads(self) -> None:
+        return None
+
+    @property
+    def final_rms(self) -> bool:
+        return False
+
+    @property
+    def positional_embedding_type(self) -> str:
+        return "standard"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

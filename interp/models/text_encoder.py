@@ -19,17 +19,18 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from interp.models.components import Embed, LayerNorm, TransformerBlock
 from interp.models.config import TextEncoderConfig
+from interp.models.lens import EncoderActivationCache, LensWeights
 from interp.models.tokenization import TextTokenizer, TokenBatch
 
 TextInput = str | Sequence[str] | TokenBatch | Int[Tensor, "batch pos"]
 
 
-class HookedTextEncoder(HookedRootModule):
+class HookedTextEncoder(LensWeights, HookedRootModule):
     """A hooked transformer text encoder (CLIP text tower or BERT-family sentence encoder).
 
     Args:
@@ -46,6 +47,9 @@ class HookedTextEncoder(HookedRootModule):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.embed = Embed(cfg)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model] token embeddings
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_token_type_embed = HookPoint() if cfg.n_token_types else None
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.ln_final = LayerNorm(cfg.d_model, cfg.eps) if cfg.has_final_ln else None
         self.hook_pooled = HookPoint()  # [batch, d_model]
@@ -98,14 +102,53 @@ class HookedTextEncoder(HookedRootModule):
             )
         return self.tokenizer
 
-    def to_tokens(self, texts: str | Sequence[str], *, truncate: bool = False) -> TokenBatch:
-        """Tokenize texts into a batch trimmed to the longest text when that cannot change the
-        output (``cfg.trims_to_longest``), else padded to the full context."""
+    def to_token_batch(
+        self, texts: str | Sequence[str] | Int[Tensor, "batch pos"], *, truncate: bool = False
+    ) -> TokenBatch:
+        """Tokenize texts into a :class:`TokenBatch` (ids, padding mask, pooled position, texts),
+        trimmed to the longest text when that cannot change the output (``cfg.trims_to_longest``),
+        else padded to the full context. Token ids ``[batch, pos]`` get the mask and pooled
+        position the model reads from them (texts left empty)."""
+        if isinstance(texts, Tensor):
+            return self._batch_from_ids(texts)
         pad_to = "longest" if self.cfg.trims_to_longest else "context"
         return self._require_tokenizer()(texts, pad_to=pad_to, truncate=truncate)
 
-    def to_str_tokens(self, text: str) -> list[str]:
-        return self._require_tokenizer().str_tokens(text)
+    def to_tokens(
+        self, texts: str | Sequence[str], *, truncate: bool = False, move_to_device: bool = True
+    ) -> Int[Tensor, "batch pos"]:
+        """Token ids ``[batch, pos]`` as TransformerLens returns them, ready for ``model(...)``,
+        ``run_with_cache`` and ``transformer_lens.patching``.
+
+        The plain tensor still tells the model where each text ends: CLIP pools at the largest id
+        (EOT, as open_clip does) and masks nothing (causal); BERT-family encoders mask the pad id.
+        :meth:`to_token_batch` returns the same ids with the mask and texts attached.
+        """
+        tokens = self.to_token_batch(texts, truncate=truncate).tokens
+        return tokens.to(self.device) if move_to_device else tokens
+
+    def to_str_tokens(self, text: str | Sequence[str] | Int[Tensor, "... pos"]) -> list[str] | list[list[str]]:
+        """Readable tokens (special tokens included) of one text -> ``list[str]``, of a list of
+        texts -> ``list[list[str]]``; token ids ``[pos]`` or ``[batch, pos]`` likewise (padding kept)."""
+        tokenizer = self._require_tokenizer()
+        if isinstance(text, str):
+            return tokenizer.str_tokens(text)
+        if isinstance(text, Tensor):
+            if text.ndim == 1:
+                return self._id_strings(text.tolist())
+            return [self._id_strings(row) for row in text.tolist()]
+        return [tokenizer.str_tokens(t) for t in text]
+
+    def to_string(self, tokens: Int[Tensor, "... pos"] | Sequence[int] | Sequence[Sequence[int]]) -> str | list[str]:
+        """Decode token ids back to text: ``[pos]`` -> ``str``, ``[batch, pos]`` -> ``list[str]``.
+        Special and padding tokens are dropped."""
+        ids = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
+        if ids and isinstance(ids[0], (list, tuple)):
+            return [self._require_tokenizer().decode(row) for row in ids]
+        return self._require_tokenizer().decode(ids)
+
+    def _id_strings(self, ids: list[int]) -> list[str]:
+        return self._require_tokenizer().id_strings(ids)
 
     def _as_batch(self, tokens: TextInput) -> TokenBatch:
         if isinstance(tokens, TokenBatch):
@@ -113,7 +156,7 @@ class HookedTextEncoder(HookedRootModule):
         elif isinstance(tokens, Tensor):
             batch = self._batch_from_ids(tokens)
         else:
-            batch = self.to_tokens(tokens)
+            batch = self.to_token_batch(tokens)
         return batch.to(self.device)
 
     def _batch_from_ids(self, ids: Int[Tensor, "batch pos"]) -> TokenBatch:
@@ -172,7 +215,10 @@ class HookedTextEncoder(HookedRootModule):
         batch = self._as_batch(tokens)
         start, stop = self._check_layer_range(start_at_layer, stop_at_layer)
         if start_at_layer is None:
-            x = self.embed(batch.tokens, batch.token_type_ids)
+            x = self.embed(
+                batch.tokens, batch.token_type_ids, self.hook_embed, self.hook_pos_embed,
+                self.hook_token_type_embed or (lambda t: t),
+            )
         else:
             if residual is None:
                 raise ValueError("start_at_layer needs residual=[batch, pos, d_model], the state entering that block")
@@ -239,11 +285,11 @@ class HookedTextEncoder(HookedRootModule):
         last = "hook_normalized_resid_post" if self.cfg.norm == "post" else "hook_resid_post"
         return f"blocks.{n - 1}.{last}"
 
-    def run_with_cache(self, *model_args, **kwargs) -> tuple[Tensor, ActivationCache]:  # type: ignore[override]
-        """Run and cache activations; returns (output, transformer_lens ``ActivationCache``)."""
+    def run_with_cache(self, *model_args, **kwargs) -> tuple[Tensor, EncoderActivationCache]:  # type: ignore[override]
+        """Run and cache activations; returns (output, a transformer_lens ``ActivationCache``)."""
         out, cache_dict = super().run_with_cache(*model_args, **kwargs)
         has_batch = not kwargs.get("remove_batch_dim", False)
-        return out, ActivationCache(cache_dict, self, has_batch_dim=has_batch)
+        return out, EncoderActivationCache(cache_dict, self, has_batch_dim=has_batch)
 
     def extra_repr(self) -> str:
         c = self.cfg

@@ -95,6 +95,14 @@ class TextTokenizer(Protocol):
         """Readable token strings of one text, special tokens included."""
         ...
 
+    def id_strings(self, ids: Sequence[int]) -> list[str]:
+        """Readable token strings of given ids, one per id."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of given ids, special and padding tokens dropped."""
+        ...
+
     def __call__(self, texts: str | Sequence[str], *, pad_to: str | int = "longest",
                  truncate: bool = False) -> TokenBatch:
         ...
@@ -186,7 +194,16 @@ class CLIPTokenizer:
         return ids
 
     def str_tokens(self, text: str) -> list[str]:
-        return [self._bpe.decoder[i] for i in self.encode(text)]
+        return self.id_strings(self.encode(text))
+
+    def id_strings(self, ids: Sequence[int]) -> list[str]:
+        return [self._bpe.decoder[int(i)] for i in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = [int(i) for i in ids]
+        if self.eot_id in ids:  # padding (id 0 is a real token, "!") follows EOT
+            ids = ids[: ids.index(self.eot_id)]
+        return self._bpe.decode([i for i in ids if i != self.sot_id]).strip()
 
     def __call__(self, texts: str | Sequence[str], *, pad_to: str | int = "longest",
                  truncate: bool = False) -> TokenBatch:

@@ -35,9 +35,10 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from interp.data.scoring import score, text_target_directions
+from interp.data.scoring import text_target_directions
 from interp.models.tokenization import TokenBatch
 from interp.tracing.clean import CleanRun, clean_run
+from interp.tracing.metric import RowMetric, run_scores
 from interp.tracing.spec import POSITIONAL_POOLS, TraceSpec
 
 log = logging.getLogger(__name__)
@@ -72,13 +73,14 @@ class TraceRuns:
         base_x0: ``[run, pos, d_model]`` layer-0 residual of the run that is patched into.
         source_x0: ``[run, pos, d_model]`` layer-0 residual of the run the patched states come from.
         direction: ``[run, d_embed]`` score direction (:func:`interp.data.scoring.score`), or a
-            :class:`TextTarget` (computed from the clean runs' own embeddings).
+            :class:`TextTarget` (computed from the clean runs' own embeddings), or a
+            :class:`~interp.tracing.metric.RowMetric` (any metric of the output embedding).
     """
 
     batch: TokenBatch
     base_x0: Float[Tensor, "run pos d_model"]
     source_x0: Float[Tensor, "run pos d_model"]
-    direction: Float[Tensor, "run d_embed"] | TextTarget
+    direction: Float[Tensor, "run d_embed"] | TextTarget | RowMetric
 
     def __len__(self) -> int:
         return self.base_x0.shape[0]
@@ -99,7 +101,7 @@ class PatchedScores:
     patched: Float[Tensor, "run axis pos"]
     base: Float[Tensor, " run"]
     source: Float[Tensor, " run"]
-    direction: Float[Tensor, "run d_embed"] | None = None
+    direction: Float[Tensor, "run d_embed"] | RowMetric | None = None
     n_forward: int = 0
     n_base_equal: int = 0
     n_source_equal: int = 0
@@ -211,7 +213,7 @@ def patched_scores(
         direction = runs.direction.directions(base.embedding, source.embedding)
     else:
         direction = runs.direction.to(device)
-    base.scores, source.scores = score(base.embedding, direction), score(source.embedding, direction)
+    base.scores, source.scores = run_scores(base.embedding, direction), run_scores(source.embedding, direction)
     base_equal, source_equal, to_run = classify_cells(model, spec, batch, base, source)
     n_runs, n_pos = batch.tokens.shape
     patched = torch.full((n_runs, spec.n_axis, n_pos), float("nan"), device=device, dtype=base.scores.dtype)
@@ -267,7 +269,7 @@ def _generic_group(model, spec, batch, direction, base, source, cells, s, low, h
                                                                 source.states[j, run[active], pos[active]])))
     with model.hooks(fwd_hooks=hooks):
         embedding = model(batch[run], start_at_layer=s, residual=residual)
-    return score(embedding, direction[run])
+    return run_scores(embedding, direction[run])
 
 
 def _overwrite_hook(rows: Tensor, pos: Tensor, values: Tensor):
@@ -351,9 +353,9 @@ def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, p
     return _pooled_scores(model, hidden, direction[run])
 
 
-def _pooled_scores(model, pooled: Float[Tensor, "row d_model"], direction: Float[Tensor, "row d_embed"]) -> Tensor:
+def _pooled_scores(model, pooled: Float[Tensor, "row d_model"], direction: Float[Tensor, "row d_embed"] | RowMetric) -> Tensor:
     """Scores of final residual rows taken at the pooled position (ln_final, projection, score)."""
-    return score(_pooled_embeddings(model, pooled), direction)
+    return run_scores(_pooled_embeddings(model, pooled), direction)
 
 
 def _pooled_embeddings(model, pooled: Float[Tensor, "row d_model"]) -> Float[Tensor, "row d_embed"]:

@@ -50,7 +50,7 @@ class NoiseConfig:
 
 
 def _token_batch(model, texts: list[str], expected: Sequence[Sequence[int]]):
-    batch = model.to_tokens(texts)
+    batch = model.to_token_batch(texts)
     for row, ids in enumerate(expected):
         got = batch.tokens[row, : len(ids)].tolist()
         if got != list(ids) or int(batch.attention_mask[row].sum()) != len(ids):

@@ -1,6 +1,6 @@
 """ROME-style corruption (Meng et al. 2022): Gaussian noise on chosen token embeddings.
 
-The noise is ``noise_scale x`` an empirical standard deviation of token embeddings, added to the token-embedding output (``embed.hook_embed``) at the positions of the
+The noise is ``noise_scale x`` an empirical standard deviation of token embeddings, added to the token-embedding output (``hook_embed``) at the positions of the
 chosen roles, before position embeddings (and, for BERT-like encoders, the embedding LayerNorm).
 Which embeddings calibrate the std (``NOISE_CALIBRATIONS``):
 
@@ -80,4 +80,4 @@ def noised_embedding_output(
         embed[rows.to(embed.device), cols.to(embed.device)] += values.to(embed.device, embed.dtype)
         return embed
 
-    return model.run_with_hooks(batch, stop_at_layer=0, fwd_hooks=[("embed.hook_embed", add_noise)])
+    return model.run_with_hooks(batch, stop_at_layer=0, fwd_hooks=[("hook_embed", add_noise)])

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from interp.data.scoring import score
 from interp.models.tokenization import TokenBatch
 from interp.tracing.engine import PatchedScores, TextTarget, TraceRuns
+from interp.tracing.metric import run_scores
 from interp.tracing.spec import TraceSpec
 
 
@@ -54,11 +54,11 @@ def reference_patched_scores(model, runs: TraceRuns, spec: TraceSpec) -> Patched
             direction = runs.direction.directions(base_out, source_out)
         else:
             direction = runs.direction[r:r + 1].to(device)
-        source_scores[r] = score(source_out, direction).item()
-        base_scores[r] = score(base_out, direction).item()
+        source_scores[r] = run_scores(source_out, direction).item()
+        base_scores[r] = run_scores(base_out, direction).item()
         for layer in range(spec.n_axis):
             for pos in range(n):
                 hooks = [(names[j], _set_position(pos, cache[names[j]][0, pos])) for j in spec.window_layers(layer)]
                 out = model.run_with_hooks(one, start_at_layer=0, residual=base_x0, fwd_hooks=hooks)
-                patched[r, layer, pos] = score(out, direction).item()
+                patched[r, layer, pos] = run_scores(out, direction).item()
     return PatchedScores(patched=patched, base=base_scores, source=source_scores, n_forward=int((~patched.isnan()).sum()))

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from interp.data.negation import AlignedPair
 from interp.runs.rundir import ItemTable
 from interp.data.scoring import text_target_directions
+from interp.tracing.atp import atp_patched_scores
 from interp.tracing.engine import DEFAULT_BUDGET_MB, patched_scores
 from interp.tracing.inputs import TEXT_TARGET, NoiseConfig, build_runs, effects
 from interp.tracing.spec import TraceSpec
@@ -127,8 +128,10 @@ def run_sweep(
     chunk_items: int = DEFAULT_CHUNK_ITEMS,
     budget_mb: float = DEFAULT_BUDGET_MB,
     progress: bool = True,
+    method: str = "exact",
 ) -> SweepStats:
-    """Trace every item not yet in ``table``; write each item's rows when its chunk finishes."""
+    """Trace every item not yet in ``table``; write each item's rows when its chunk finishes.
+    ``method="atp"`` writes first-order estimates (:mod:`interp.tracing.atp`) instead of re-runs."""
     done = table.done()
     stats = SweepStats()
     plan = chunk_plan(items, chunk_items)
@@ -142,7 +145,10 @@ def run_sweep(
         for chunk in todo:
             chunk_items_ = [items[i] for i in chunk]
             runs, per_item = build_runs(model, chunk_items_, directions(chunk_items_, chunk), mode, direction, noise)
-            result = patched_scores(model, runs, spec, budget_mb=budget_mb)
+            if method == "atp":
+                result = atp_patched_scores(model, runs, spec)
+            else:
+                result = patched_scores(model, runs, spec, budget_mb=budget_mb)
             effect, patched, base, source = (t.detach().double().cpu().numpy() for t in effects(result, per_item))
             for k, i in enumerate(chunk):
                 rows = item_rows(items[i], effect[k], patched[k], base[k], source[k],

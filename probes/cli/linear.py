@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> Path:
         if args.control == "type":
             if positions[role] is None:
                 raise ProbeError("--control type needs token positions: it is undefined for the pooled role")
-            tok = model.to_tokens(texts).tokens
+            tok = model.to_token_batch(texts).tokens
             types = [int(tok[j, positions[role][j][0]]) for j in np.flatnonzero(keep)]
         rows = probe_layers(feats[role][:, keep], labels[keep], groups[keep], n_folds=args.folds, C=args.C,
                             seed=args.seed, n_controls=args.controls, control_types=types, layers=layers)

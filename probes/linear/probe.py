@@ -232,7 +232,7 @@ def collect_role_features(model: Any, texts: Sequence[str], positions: Mapping[s
     names = [model.resid_hook_name(layer) for layer in layer_ids]
     chunks: dict[str, list[Tensor]] = {r: [] for r in positions}
     for start in tqdm(range(0, len(texts), batch_size), desc="features", disable=not progress, leave=False):
-        batch = model.to_tokens(texts[start:start + batch_size]).to(model.device)
+        batch = model.to_token_batch(texts[start:start + batch_size]).to(model.device)
         width = batch.tokens.shape[1]
         weights = {r: (pooling_mask(model, batch) if p is None else role_weights(p[start:start + batch_size], width))
                    for r, p in positions.items()}
@@ -269,7 +269,7 @@ def steer(model: Any, texts: Sequence[str], layer: int, direction: Float[Tensor,
     name = model.resid_hook_name(layer)
     outs = []
     for start in range(0, len(texts), batch_size):
-        batch = model.to_tokens(texts[start:start + batch_size]).to(model.device)
+        batch = model.to_token_batch(texts[start:start + batch_size]).to(model.device)
         width = batch.tokens.shape[1]
         if positions is None:
             mask = pooling_mask(model, batch) > 0
