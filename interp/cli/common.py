@@ -35,8 +35,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def check_device(device: str) -> None:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ClipInterpError(f"--device {device} asked for, but torch sees no CUDA device here: use --device cpu")
+    """Refuse an unknown or unavailable ``--device`` before anything loads."""
+    from interp.models.checks import check_device as check
+
+    try:
+        check(device)
+    except ClipInterpError as err:
+        raise type(err)(f"--device {device}: {err}") from err
 
 
 def load_model_from_args(args: argparse.Namespace):

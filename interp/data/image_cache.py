@@ -271,6 +271,12 @@ def load_precomputed_embeddings(
     out = np.stack(rows).astype(np.float32)
     if not np.isfinite(out).all():
         raise ImageDataError(f"embedding file {path} holds NaN or infinite values")
+    zero = [name for name, row in zip(image_files, out) if not np.any(row)]
+    if zero:  # a zero row has no direction: every score against it would be NaN (or a silent 0)
+        raise ImageDataError(
+            f"embedding file {path}: {len(zero)} rows are all zeros (e.g. {', '.join(zero[:_LISTED_MISSING])}); "
+            "recompute the embeddings of these images"
+        )
     return torch.from_numpy(out)
 
 

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from interp.models.checks import check_finite_tensors, read_safetensors
 from interp.models.config import ConfigError, TextEncoderConfig
 from interp.models.convert import _bias_heads, _heads_in, _heads_out  # one named-axis split for every format
 from interp.models.text_encoder import HookedTextEncoder
@@ -224,6 +225,12 @@ def _pooling_mode(folder: Path) -> str:
 def bert_config(directory: BertDirectory, model_name: str, pretrained: str | None) -> TextEncoderConfig:
     """The hooked encoder's configuration, every size from ``config.json``."""
     c = directory.config
+    needed = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size",
+              "max_position_embeddings")
+    missing = [k for k in needed if not isinstance(c.get(k), int) or c.get(k) < 1]
+    if missing:
+        raise ConfigError(f"{directory.path / 'config.json'}: {', '.join(missing)} missing or not a positive integer: "
+                          "re-export the model's config.json")
     if c.get("position_embedding_type", "absolute") != "absolute":
         raise ConfigError(f"{directory.path}: position_embedding_type {c['position_embedding_type']!r} is not supported (absolute)")
     act = c.get("hidden_act", "gelu")
@@ -291,9 +298,7 @@ def convert_bert_state_dict(sd: dict[str, Tensor], cfg: TextEncoderConfig, sourc
 
 def _read_weights(path: Path) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return read_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user error
@@ -341,7 +346,9 @@ def load_bert_directory(
             )
     cfg = bert_config(directory, model_name or directory.path.name, pretrained or str(directory.path))
     cfg.extra["weights_sha256"] = file_sha256(directory.weights)
-    sd = convert_bert_state_dict(_read_weights(directory.weights), cfg, str(directory.weights))
+    raw = _read_weights(directory.weights)
+    check_finite_tensors(raw.items(), str(directory.weights))
+    sd = convert_bert_state_dict(raw, cfg, str(directory.weights))
     encoder = _new_encoder(cfg, directory)
     expected = encoder.state_dict()
     wrong = [f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(expected[k].shape)}"
