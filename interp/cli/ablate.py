@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from interp.heads.ablation import METHODS, MEAN_OVER, SITES, Component, ablation_scores, check_components, reference_means, resample_donors
 from interp.heads.attention import batch_from_ids, negator_attention
 from interp.heads.direct_effects import direct_effects, direct_effects_on_d
-from interp.cli.common import add_model_args, load_model_from_args, run_cli
+from interp.cli.common import add_model_args, check_model_args, load_model_from_args, run_cli
+from interp.cli.validate import UsageParser, at_least, writable_out
 from interp.data.negation import ROLES, align_pairs, load_existence_pairs
 from interp.errors import ClipInterpError
 from interp.models.loading import weights_fingerprint
@@ -39,7 +40,7 @@ KIND_CHOICES = ("head", "attn", "mlp")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m interp.ablate", description=__doc__.splitlines()[0])
+    p = UsageParser(prog="python -m interp.ablate", description=__doc__.splitlines()[0])
     add_model_args(p)
     p.add_argument("--task", default="existence", choices=["existence"], help="VALSE piece (existence minimal pairs)")
     src = p.add_mutually_exclusive_group()
@@ -66,17 +67,28 @@ def _int_list(text: str | None, what: str) -> list[int] | None:
     if text is None:
         return None
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
         raise ClipInterpError(f"--{what} {text!r} must be a comma list of integers, e.g. 0,3,4") from err
+    if not values:
+        raise ClipInterpError(f"--{what} {text!r} names no {what}: pass e.g. 0,3,4 or leave it out for all")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:  # each would be ablated twice and fill one row of the results twice
+        raise ClipInterpError(f"--{what} {text!r} lists {repeated} more than once: name each once")
+    return values
+
+
+def _kinds(kinds: str) -> list[str]:
+    chosen = [k.strip() for k in kinds.split(",") if k.strip()]
+    bad = [k for k in chosen if k not in KIND_CHOICES]
+    if bad or not chosen or len(set(chosen)) != len(chosen):
+        raise ClipInterpError(f"--components {kinds!r}: choose a comma list of distinct kinds from {', '.join(KIND_CHOICES)}")
+    return chosen
 
 
 def parse_components(model, kinds: str, layers: str | None) -> list[Component]:
     """Components from ``--components`` and ``--layers`` (0-indexed), range-checked."""
-    chosen = [k.strip() for k in kinds.split(",") if k.strip()]
-    bad = [k for k in chosen if k not in KIND_CHOICES]
-    if bad or not chosen:
-        raise ClipInterpError(f"--components {kinds!r}: choose a comma list of {', '.join(KIND_CHOICES)}")
+    chosen = _kinds(kinds)
     layer_list = _int_list(layers, "layers")
     layer_list = list(range(model.cfg.n_layers)) if layer_list is None else layer_list
     comps = []
@@ -93,7 +105,13 @@ def _image_embeddings(args, model, aligned) -> torch.Tensor:
     if args.image_embeddings:
         from interp.data.image_cache import load_precomputed_embeddings
 
-        return load_precomputed_embeddings(args.image_embeddings, files)
+        emb = load_precomputed_embeddings(args.image_embeddings, files)
+        if emb.shape[1] != model.cfg.d_embed:
+            raise ClipInterpError(
+                f"--image-embeddings {args.image_embeddings} has rows of size {emb.shape[1]} but {args.model}'s text "
+                f"embeddings have {model.cfg.d_embed}: use image embeddings of the same CLIP model"
+            )
+        return emb
     from interp.data.image_cache import embed_images
     from interp.models.loading import create_open_clip_model, resolve_pretrained
 
@@ -356,8 +374,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.method not in METHODS:
         raise ClipInterpError(f"--method {args.method!r} does not exist: choose one of {', '.join(METHODS)}")
-    if args.limit is not None and args.limit < 1:
-        raise ClipInterpError(f"--limit {args.limit} must be at least 1")
+    at_least(args.limit, "--limit")
+    at_least(args.chunk, "--chunk")
+    _kinds(args.components)
+    _int_list(args.layers, "layers")
+    if args.images and not Path(args.images).is_dir():
+        raise ClipInterpError(f"--images {args.images} is not a folder: pass the folder holding the images, or --target text")
+    if args.image_embeddings and not Path(args.image_embeddings).is_file():
+        raise ClipInterpError(f"--image-embeddings {args.image_embeddings} does not exist: pass the embeddings file, or --target text")
+    writable_out(args.out)
+    check_model_args(args)
     model = load_model_from_args(args).eval()
     comps = parse_components(model, args.components, args.layers)
     loaded = load_existence_pairs()

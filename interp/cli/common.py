@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from interp.cli.validate import UsageParser  # noqa: F401 - re-exported for the CLIs
 from interp.errors import ClipInterpError
 from interp.models.loading import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
@@ -44,11 +45,19 @@ def check_device(device: str) -> None:
         raise type(err)(f"--device {device}: {err}") from err
 
 
+def check_model_args(args: argparse.Namespace) -> None:
+    """The cheap model checks (device, thread count) before anything loads."""
+    check_device(args.device)
+    from interp.cli.validate import set_threads
+
+    set_threads(getattr(args, "threads", None))
+
+
 def load_model_from_args(args: argparse.Namespace):
     """The hooked text encoder the parsed ``--model/--pretrained/--device/--dtype/--seed`` name."""
     from interp.models.loading import load_text_encoder
 
-    check_device(args.device)
+    check_model_args(args)
     pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
     return load_text_encoder(args.model, pretrained, device=args.device, dtype=DTYPES[args.dtype], seed=args.seed)
 
@@ -62,7 +71,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except ClipInterpError as err:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)  # noqa: T201 - the CLI's one-line answer
+        message = " ".join(str(err).split())  # one line, whatever the message holds
+        print(f"error: {message}", file=sys.stderr)  # noqa: T201 - the CLI's one-line answer
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: finished items are saved; rerun the same command to resume", file=sys.stderr)  # noqa: T201

@@ -15,7 +15,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from interp.cli.common import add_model_args, load_model_from_args, run_cli
+from interp.cli.common import add_model_args, check_model_args, load_model_from_args, run_cli
+from interp.cli.validate import UsageParser, writable_out
 from interp.data.negation import align_pairs, load_existence_pairs, role_table
 from interp.runs.rundir import atomic_write_text, package_versions, write_json
 
@@ -23,12 +24,14 @@ log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m interp.data", description=__doc__.split("\n")[0])
+    parser = UsageParser(prog="python -m interp.data", description=__doc__.split("\n")[0])
     add_model_args(parser)
     parser.add_argument("--out", required=True, help="output folder for the tables")
     parser.add_argument("--data-dir", default=None, help="folder holding existence.json (default: lookup order, see docs/data.md)")
     parser.add_argument("--all-items", action="store_true", help="do not restrict to VALSE's valid set (mturk.caption >= 2)")
     args = parser.parse_args(argv)
+    writable_out(args.out)
+    check_model_args(args)
 
     result = load_existence_pairs(valid_only=not args.all_items, data_dir=args.data_dir)
     model = load_model_from_args(args)

@@ -24,7 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from interp.cli.common import add_model_args, load_model_from_args, run_cli
+from interp.cli.common import add_model_args, check_model_args, load_model_from_args, run_cli
+from interp.cli.validate import UsageParser, at_least, positive_number, writable_out
 from interp.data.negation import ROLES, AlignedPair, align_pairs, load_existence_pairs
 from interp.errors import ClipInterpError
 from interp.models.loading import weights_fingerprint
@@ -49,7 +50,7 @@ TARGET_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = UsageParser(
         prog="python -m interp.trace",
         description="Causal tracing of negation in a text encoder (negation-spec.md section 3), with a report.",
     )
@@ -108,12 +109,20 @@ def check_target_args(args: argparse.Namespace) -> Target:
             f"--segment {args.segment} needs images: segments come from the image score d = S(caption) - S(foil); "
             "pass --images DIR or --image-embeddings FILE, or drop --segment"
         )
-    if args.limit is not None and args.limit < 1:
-        raise ClipInterpError(f"--limit {args.limit} must be at least 1")
-    if args.chunk_items < 1:
-        raise ClipInterpError(f"--chunk-items {args.chunk_items} must be at least 1")
-    if args.mode == "noise" and args.noise_scale <= 0:
-        raise ClipInterpError(f"--noise-scale {args.noise_scale} must be positive")
+    at_least(args.limit, "--limit")
+    at_least(args.chunk_items, "--chunk-items")
+    at_least(args.window, "--window")
+    positive_number(args.budget_mb, "--budget-mb")
+    if args.mode == "noise":
+        positive_number(args.noise_scale, "--noise-scale")
+        at_least(args.samples, "--samples")
+        roles = [r.strip() for r in args.noise_roles.split(",") if r.strip()]
+        bad = [r for r in roles if r not in ROLES]
+        if bad or not roles:
+            raise ClipInterpError(f"--noise-roles {args.noise_roles!r}: choose a comma list from {', '.join(ROLES)}")
+    if args.image_embeddings and not Path(args.image_embeddings).is_file():
+        raise ClipInterpError(f"--image-embeddings {args.image_embeddings} does not exist: pass the embeddings file, or --target text")
+    writable_out(args.out)
     if args.images:
         if not Path(args.images).is_dir():
             raise ClipInterpError(f"--images {args.images} is not a folder: pass the folder holding the images, or --target text")
@@ -174,8 +183,7 @@ def clean_d(model, items: Sequence[AlignedPair], directions: torch.Tensor) -> np
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     target = check_target_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    check_model_args(args)
     model = load_model_from_args(args)
     _check_clip_like(model, target, args.model)
     spec = TraceSpec(model.cfg.n_layers, args.kind, args.window)
@@ -185,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         raise ClipInterpError(f"cannot load VALSE existence ({err}): pass --valse-dir DIR holding existence.json") from err
     aligned, rejected = align_pairs(existence.pairs, model.tokenizer)
+    if not existence.pairs:
+        raise ClipInterpError(f"VALSE existence{' in ' + args.valse_dir if args.valse_dir else ''} has no valid minimal pair "
+                              f"({len(existence.exclusions)} items excluded, e.g. {existence.exclusions[0].reason if existence.exclusions else 'none'}): "
+                              "pass --valse-dir DIR holding VALSE's existence.json")
     if not aligned:
         raise ClipInterpError(f"no item could be token-aligned with {args.model}'s tokenizer (first reason: {rejected[0].reason})")
 

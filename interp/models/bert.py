@@ -174,16 +174,28 @@ def read_bert_directory(path: str | Path) -> BertDirectory:
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise WeightsUnavailableError(_missing_message(path, " or ".join(TOKENIZER_FILES)))
     config = _read_json(path / "config.json")
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path / 'config.json'} holds a JSON {type(config).__name__}, not an object: re-export the model")
     if config.get("model_type") != "bert":
         raise ConfigError(
             f"{path / 'config.json'} describes model_type {config.get('model_type')!r}, not 'bert': only "
             "BERT-architecture encoders (BERT, MiniLM, all-MiniLM-*, ...) are supported here"
         )
+    _check_sizes(config, path / "config.json")
     pool, normalize = _read_pooling(path)
     st_config = _read_json(path / "sentence_bert_config.json", {})
     max_len = int(st_config.get("max_seq_length") or config["max_position_embeddings"])
     return BertDirectory(path, config, weights, pool, normalize, min(max_len, int(config["max_position_embeddings"])),
                          bool(st_config.get("do_lower_case", False)))
+
+
+def _check_sizes(config: dict, source: Path) -> None:
+    """Every size the encoder is built from must be a positive integer in config.json."""
+    needed = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size",
+              "max_position_embeddings")
+    bad = [k for k in needed if not isinstance(config.get(k), int) or isinstance(config.get(k), bool) or config[k] < 1]
+    if bad:
+        raise ConfigError(f"{source}: {', '.join(bad)} missing or not a positive integer: re-export the model's config.json")
 
 
 def _read_pooling(path: Path) -> tuple[str, bool]:
@@ -225,12 +237,6 @@ def _pooling_mode(folder: Path) -> str:
 def bert_config(directory: BertDirectory, model_name: str, pretrained: str | None) -> TextEncoderConfig:
     """The hooked encoder's configuration, every size from ``config.json``."""
     c = directory.config
-    needed = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size",
-              "max_position_embeddings")
-    missing = [k for k in needed if not isinstance(c.get(k), int) or c.get(k) < 1]
-    if missing:
-        raise ConfigError(f"{directory.path / 'config.json'}: {', '.join(missing)} missing or not a positive integer: "
-                          "re-export the model's config.json")
     if c.get("position_embedding_type", "absolute") != "absolute":
         raise ConfigError(f"{directory.path}: position_embedding_type {c['position_embedding_type']!r} is not supported (absolute)")
     act = c.get("hidden_act", "gelu")

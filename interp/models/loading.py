@@ -80,7 +80,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user error
-            raise CheckpointMismatchError(f"cannot read checkpoint {path}: {err}") from err
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointMismatchError(f"cannot read checkpoint {path} ({first[:160]}): pass an open_clip state dict "
+                                          "saved with torch.save or safetensors") from err
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
