@@ -29,6 +29,7 @@ from interp.models.compat import import_open_clip, import_transformers
 from interp.models.checks import check_device, check_finite_tensors, read_config_json, read_safetensors
 from interp.models.convert import convert_hf_clip_text, convert_open_clip_text
 from interp.models.text_encoder import HookedTextEncoder
+from interp.models.towers import check_open_clip_tower, check_open_clip_text_config
 from interp.errors import CheckpointMismatchError, UnknownModelError, WeightsUnavailableError
 from interp.models.tokenization import CLIPTokenizer
 
@@ -283,6 +284,9 @@ def load_text_encoder(
         return _load_hf_clip(name, device, dtype, name)
     if not _is_random(pretrained) and _is_hf_directory(Path(str(pretrained))):
         return _load_hf_clip(str(pretrained), device, dtype, f"{name} ({pretrained})")
+    if name != TINY:  # refuse towers the hooked encoder cannot reproduce before any weights load
+        _check_open_clip_name(name)
+        check_open_clip_text_config(name, import_open_clip().get_model_config(name).get("text_cfg", {}))
     pretrained = resolve_pretrained(name, pretrained)
     model = create_open_clip_model(name, pretrained, device="cpu", seed=seed)
     tag = None if _is_random(pretrained) else str(pretrained)
