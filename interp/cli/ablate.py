@@ -400,6 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mean_over": args.mean_over, "reference": args.reference, "site": args.site,
         "components": args.components, "layers": args.layers, "by_role": args.by_role,
         "segment": args.segment, "limit": args.limit,
+        "chunk": args.chunk,  # items batched together: another chunking changes the last bits of the floats
     }
     out = Path(args.out) if args.out else default_run_dir("ablate", args.model, args.method)
     run = RunDir(out, "ablate", settings, info={"device": args.device, "argv": list(argv or sys.argv[1:])})
@@ -420,10 +421,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  target_groups=list(range(n_items)) * 2, reference_groups=ref_groups)
 
     done = run.items.done()
-    todo = [a for a in aligned if a.pair.item_id not in done]
-    log.info("%d items, %d already done, %d to run", n_items, n_items - len(todo), len(todo))
-    for start in tqdm(range(0, len(todo), args.chunk), desc="ablation chunks"):
-        part = todo[start:start + args.chunk]
+    # Chunks are fixed slices of the full item list, whatever is already done: a resumed run batches
+    # every item with the same neighbours as an uninterrupted one, so its floats are bit-identical.
+    chunks = [aligned[start:start + args.chunk] for start in range(0, n_items, args.chunk)]
+    todo = [part for part in chunks if any(a.pair.item_id not in done for a in part)]
+    log.info("%d items in %d chunks, %d chunks to run", n_items, len(chunks), len(todo))
+    for part in tqdm(todo, desc="ablation chunks"):
         rows_idx = [index_of[a.pair.item_id] for a in part]
         donors = None
         if donor_index is not None:
@@ -431,7 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             donors = (reference[donor_index[sel]], donor_pos[sel])
         rows = ablate_items(model, part, dirs1[rows_idx], dirs2[rows_idx], comps, args, target, means, donors)
         for item_id, item_rows in rows.groupby("item_id", sort=False):
-            run.items.write(item_id, item_rows)
+            if item_id not in done:
+                run.items.write(item_id, item_rows)
 
     write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loaded, dirs1, dirs2, comps)
     log.info("wrote %s", run.path / "report.md")

@@ -236,10 +236,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "weights_fingerprint": weights_fingerprint(model), "dtype": args.dtype, "seed": args.seed,
         "target": target.kind, **target.settings, "segment": args.segment, "mode": args.mode,
         "direction": args.direction, "kind": args.kind, "window": args.window, **noise_info,
+        # Both set how runs and cells are batched, which changes the floats' last bits (~1e-6):
+        # a resumed run must use the same values to be byte-identical to an uninterrupted one.
+        "chunk_items": args.chunk_items, "budget_mb": args.budget_mb,
     }
     info = {"argv": list(sys.argv[1:] if argv is None else argv), "device": args.device, "limit": args.limit,
             "image_source": target.source,
-            "chunk_items": args.chunk_items, "budget_mb": args.budget_mb, "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(),
             "fast_path": uses_fast_path(model), "args": vars(args)}
     out = Path(args.out) if args.out else default_run_dir(TOOL, args.model, args.name)
     run = RunDir(out, TOOL, settings, info)
