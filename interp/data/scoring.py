@@ -58,7 +58,7 @@ def _check_rows(x: Tensor, what: str) -> None:
 
 def _check_kind(target: str) -> None:
     if target not in TARGET_KINDS:
-        raise ValueError(f"target must be one of {TARGET_KINDS}, got {target!r}")
+        raise ScoreInputError(f"target must be one of {TARGET_KINDS}, got {target!r}")
     if target == "text":
         raise TextTargetError(TEXT_MODE_NOTE)
 
@@ -86,7 +86,7 @@ def image_target_directions(
     _check_rows(image_embeddings, "image embeddings")
     scale = torch.as_tensor(logit_scale, dtype=image_embeddings.dtype, device=image_embeddings.device)
     if scale.numel() != 1:
-        raise ValueError(f"logit_scale must be a scalar, got shape {tuple(scale.shape)}")
+        raise ScoreInputError(f"logit_scale must be a scalar, got shape {tuple(scale.shape)}")
     return scale.reshape(()).exp() * normalize(image_embeddings)
 
 
@@ -116,9 +116,9 @@ def pairwise_d(score_caption: Float[Tensor, "..."], score_foil: Float[Tensor, ".
 def _as_numpy(d: Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
     array = d.detach().cpu().double().numpy() if isinstance(d, Tensor) else np.asarray(d, dtype=np.float64)
     if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"d must be a non-empty 1-D array of per-item values, got shape {array.shape}")
+        raise ScoreInputError(f"d must be a non-empty 1-D array of per-item values, got shape {array.shape}")
     if not np.isfinite(array).all():
-        raise ValueError("d holds NaN or infinite values: check the embeddings that produced it")
+        raise NonFiniteError("d holds NaN or infinite values: check the weights and embeddings that produced it")
     return array
 
 
@@ -137,7 +137,7 @@ def segments(
     """Per-item labels: "incorrect" (d < lower), "ambiguous" (lower <= d < upper), "correct" (d >= upper)."""
     _check_kind(target)
     if not lower <= upper:
-        raise ValueError(f"segment thresholds need lower <= upper, got lower={lower}, upper={upper}")
+        raise ScoreInputError(f"segment thresholds need lower <= upper, got lower={lower}, upper={upper}")
     values = _as_numpy(d)
     labels = np.full(values.shape, "ambiguous", dtype=object)
     labels[values < lower] = "incorrect"
@@ -165,7 +165,7 @@ def summarize(
     """
     values = _as_numpy(d)
     if target not in TARGET_KINDS:
-        raise ValueError(f"target must be one of {TARGET_KINDS}, got {target!r}")
+        raise ScoreInputError(f"target must be one of {TARGET_KINDS}, got {target!r}")
     out: dict[str, Any] = {"target": target, "n": int(values.size), "mean_d": float(values.mean())}
     if target == "text":
         return {**out, "accuracy": None, "segments": None, "by_group": None, "note": TEXT_MODE_NOTE}
@@ -177,7 +177,7 @@ def summarize(
     if groups is not None:
         groups = np.asarray(groups, dtype=object)
         if groups.shape != values.shape:
-            raise ValueError(f"groups has {groups.size} entries for {values.size} values of d")
+            raise ScoreInputError(f"groups has {groups.size} entries for {values.size} values of d")
         out["by_group"] = {
             str(g): {
                 "n": int((groups == g).sum()),
