@@ -74,7 +74,8 @@ def check_args(args) -> None:
     positive_number(args.map_temperature, "--map-temperature")
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     if not sections or set(sections) - set(SECTIONS):
-        raise AnalysisInputError(f"--sections {args.sections!r}: choose a comma list from {','.join(SECTIONS)}.")
+        raise AnalysisInputError(f"--sections {args.sections!r}: unknown report section(s) {sorted(set(sections) - set(SECTIONS))}; "
+                                 f"choose a comma list from {','.join(SECTIONS)}.")
     kernels = [s.strip() for s in args.layer_kernels.split(",") if s.strip()]
     if not kernels or set(kernels) - {"linear", "rbf"}:
         raise AnalysisInputError(f"--layer-kernels {args.layer_kernels!r}: choose linear, rbf or linear,rbf.")

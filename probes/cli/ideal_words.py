@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> Path:
     if args.out.exists() and not args.overwrite:
         raise LabelError(f"output directory {args.out} already exists: pass --overwrite or choose another --out")
     writable_out(args.out)
+    if args.labels and not (args.image_embeddings or args.images):
+        raise LabelError("--labels given without --image-embeddings or --images: pass the images too")
     for flag, value in (("--image-embeddings", args.image_embeddings), ("--labels", args.labels)):
         if value and not Path(value).is_file():
             raise LabelError(f"{flag} {value} does not exist: pass an existing file")
