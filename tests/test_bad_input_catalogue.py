@@ -410,3 +410,21 @@ def test_analyses_extract_bad_input(template, pattern, files, tmp_path, capsys):
 def test_catalogue_size():
     cases = [TRACE_CASES, ABLATE_CASES, DATA_CASES, LINEAR_CASES, IW_CASES, ALIGN_CASES, EXTRACT_CASES]
     assert sum(map(len, cases)) >= 60
+
+
+def test_trace_runs_on_captions_with_emoji_cjk_and_combining_accents(tmp_path, capsys):
+    """Unusual characters are input, not errors: byte-level BPE splits them; the run finishes."""
+    pieces = json.loads((Path(__file__).parents[1] / "datasets/valse/existence.json").read_text())
+    captions = ["There are no \U0001f436 dogs.", "There are no \u732b here.", "There are no cafe\u0301s in the picture."]
+    chosen = {}
+    for (key, item), caption in zip([kv for kv in pieces.items() if kv[1]["mturk"]["caption"] >= 2][:3], captions):
+        foil = caption.replace("no ", "")
+        chosen[key] = {**item, "caption": caption, "foil": foil, "declarative_statement": caption,
+                       "declarative_statement_foils": [foil], "provenance_of_foils": "zero_to_something"}
+    (tmp_path / "valse").mkdir()
+    (tmp_path / "valse" / "existence.json").write_text(json.dumps(chosen, ensure_ascii=False), encoding="utf-8")
+    argv = ["--task", "existence", *TINY, "--target", "text", "--valse-dir", str(tmp_path / "valse"),
+            "--no-progress", "--no-figures", "--out", str(tmp_path / "out")]
+    assert trace_cli.cli(argv) == 0, capsys.readouterr().err
+    items = (tmp_path / "out" / "items.csv").read_text(encoding="utf-8")
+    assert len(items.strip().splitlines()) == 1 + 3  # header + the three items
