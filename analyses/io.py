@@ -67,29 +67,49 @@ def load_embeddings(path: str | os.PathLike, name: str | None = None) -> Embeddi
         raise AnalysisInputError(f"{label}: no such file {path}: pass an .npz with an 'embeddings' array [n, d].")
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:
         raise AnalysisInputError(f"{label}: {path} is not a readable .npz ({err}): write it with numpy.savez.") from err
-    with npz:
-        if "embeddings" not in npz.files:
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise AnalysisInputError(f"{label}: {path} is a plain .npy array, not an .npz: save it with "
+                                 "numpy.savez(path, embeddings=array).")
+    try:
+        with npz:
+            return _read_npz(npz, path, label)
+    except AnalysisInputError:
+        raise
+    except (ValueError, OSError, EOFError) as err:  # object arrays (pickles), damaged members
+        raise AnalysisInputError(f"{label}: {path} holds an array that cannot be read without pickle or is damaged "
+                                 f"({str(err)[:100]}): save plain numeric/string arrays with numpy.savez.") from err
+
+
+def _read_npz(npz: Any, path: Path, label: str) -> EmbeddingSet:
+    if "embeddings" not in npz.files:
+        raise AnalysisInputError(
+            f"{label}: {path} has arrays {sorted(npz.files)} but no 'embeddings' [n, d]: save the final "
+            "embeddings under that name."
+        )
+    emb = as_matrix(npz["embeddings"], f"{label} 'embeddings'")
+    names = [str(s) for s in npz["layer_names"]] if "layer_names" in npz.files else []
+    layers = []
+    for i, layer_name in enumerate(names):
+        if f"layer_{i}" not in npz.files:
+            raise AnalysisInputError(f"{label}: layer_names lists {len(names)} layers but 'layer_{i}' is missing.")
+        layer = as_matrix(npz[f"layer_{i}"], f"{label} layer {layer_name!r}")
+        if layer.shape[0] != emb.shape[0]:
             raise AnalysisInputError(
-                f"{label}: {path} has arrays {sorted(npz.files)} but no 'embeddings' [n, d]: save the final "
-                "embeddings under that name."
+                f"{label}: layer {layer_name!r} has {layer.shape[0]} rows but 'embeddings' has {emb.shape[0]}."
             )
-        emb = as_matrix(npz["embeddings"], f"{label} 'embeddings'")
-        names = [str(s) for s in npz["layer_names"]] if "layer_names" in npz.files else []
-        layers = []
-        for i, layer_name in enumerate(names):
-            if f"layer_{i}" not in npz.files:
-                raise AnalysisInputError(f"{label}: layer_names lists {len(names)} layers but 'layer_{i}' is missing.")
-            layer = as_matrix(npz[f"layer_{i}"], f"{label} layer {layer_name!r}")
-            if layer.shape[0] != emb.shape[0]:
-                raise AnalysisInputError(
-                    f"{label}: layer {layer_name!r} has {layer.shape[0]} rows but 'embeddings' has {emb.shape[0]}."
-                )
-            layers.append(layer)
-        keys = npz["keys"].astype(str) if "keys" in npz.files else None
-        groups = npz["groups"] if "groups" in npz.files else None
+        layers.append(layer)
+    keys = npz["keys"].astype(str) if "keys" in npz.files else None
+    groups = npz["groups"] if "groups" in npz.files else None
+    try:
         meta = json.loads(str(npz["meta"])) if "meta" in npz.files else {}
+    except json.JSONDecodeError as err:
+        raise AnalysisInputError(f"{label}: {path} has a 'meta' that is not JSON ({err}): store "
+                                 "json.dumps(dict) or drop it.") from err
+    if not isinstance(meta, dict):
+        raise AnalysisInputError(f"{label}: {path} has a 'meta' that is a JSON {type(meta).__name__}, not an object: "
+                                 "store json.dumps(dict) or drop it.")
     for what, arr in (("keys", keys), ("groups", groups)):
         if arr is not None and arr.shape != (emb.shape[0],):
             raise AnalysisInputError(f"{label}: '{what}' must have one entry per row ({emb.shape[0]}), got {arr.shape}.")

@@ -307,6 +307,10 @@ def permutation_test(
     _check_kernel(kernel)
     x, y = as_paired(x, y, min_rows=_min_rows(debiased))
     n_permutations = check_positive_int(n_permutations, "n_permutations")
+    for which, m in (("X", x), ("Y", y)):  # zero self-HSIC: CKA would be 0/0, reported as inf or NaN
+        if _is_constant(m):
+            raise AnalysisInputError(f"CKA is undefined: every row of {which} is the same (a constant representation). "
+                                     "Pass representations that vary across items.")
     rng = np.random.default_rng(seed)
     n = x.shape[0]
     perms = np.stack([rng.permutation(n) for _ in range(n_permutations)])
@@ -326,6 +330,10 @@ def permutation_test(
             den = np.sqrt(np.sum(kc * kc) * np.sum(lc * lc))
             observed = float(np.sum(kc * lc) / den)
             null = _hsic_cross_centered(kc, lc, perms, False) / den
+    if not (np.isfinite(observed) and np.isfinite(null).all() and den > 0):
+        raise AnalysisInputError(f"CKA is undefined for these inputs ({kernel}, debiased={debiased}): a self-similarity "
+                                 "HSIC is zero or negative (rows nearly identical, or too few rows). Pass representations "
+                                 "that vary across items.")
     p_value = float((1 + np.sum(null >= observed)) / (1 + n_permutations))
     return PermutationResult(float(observed), null, p_value)
 

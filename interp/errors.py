@@ -18,3 +18,11 @@ class WeightsUnavailableError(ClipInterpError, RuntimeError):
 
 class CheckpointMismatchError(ClipInterpError, ValueError):
     """A checkpoint's tensors do not fit the model it was loaded into."""
+
+
+class NonFiniteError(ClipInterpError, ValueError):
+    """NaN or infinity where a number must be finite (weights, embeddings, scores, effects)."""
+
+
+class DeviceError(ClipInterpError, ValueError):
+    """A torch device that does not exist or is not available on this machine."""

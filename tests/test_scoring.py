@@ -133,14 +133,32 @@ def tiny_aligned():
     return model, aligned
 
 
-def test_text_target_gap_positive_on_all_pairs(tiny_aligned):
+def test_text_target_gap_matches_an_independent_score_on_stored_embeddings(tiny_aligned, tmp_path):
+    """The gap S(N) - S(A) the tools compute (hooked encoder, text_target_directions, score) equals
+    2 (1 - cos(e_N, e_A)) computed in float64 numpy from open_clip's own ``encode_text`` embeddings,
+    stored to disk and read back. It fails if the hooked encoder, the normalisation or the sign of the
+    direction is wrong; and it checks that the gap varies across items (a constant would mean the
+    embeddings ignore the text)."""
     model, aligned = tiny_aligned
+    aligned = aligned[:64]
+    reference = create_open_clip_model("tiny", None, seed=0)  # the weights load_text_encoder("tiny") converts
+    tokens_n = import_open_clip().tokenize([a.pair.negated for a in aligned])
+    tokens_a = import_open_clip().tokenize([a.pair.affirmative for a in aligned])
     with torch.no_grad():
+        np.savez(tmp_path / "stored.npz", negated=reference.encode_text(tokens_n).double().numpy(),
+                 affirmative=reference.encode_text(tokens_a).double().numpy())
         e_n = model([a.pair.negated for a in aligned])
         e_a = model([a.pair.affirmative for a in aligned])
     u = text_target_directions(e_n, e_a)
-    gap = score(e_n, u) - score(e_a, u)
-    assert gap.shape == (490,) and bool((gap > 0).all())
+    gap = (score(e_n, u) - score(e_a, u)).double().numpy()
+
+    stored = np.load(tmp_path / "stored.npz")
+    n = stored["negated"] / np.linalg.norm(stored["negated"], axis=1, keepdims=True)
+    a = stored["affirmative"] / np.linalg.norm(stored["affirmative"], axis=1, keepdims=True)
+    independent = 2.0 * (1.0 - np.einsum("id,id->i", n, a))
+    # fp32 encoder vs fp64 reference: cosines agree to ~1e-6, relative to gaps of order 1e-2..1e-1.
+    np.testing.assert_allclose(gap, independent, rtol=1e-3, atol=1e-6)
+    assert independent.std() > 0.1 * independent.mean()
 
 
 def test_cte_invariants_with_text_target(tiny_aligned):

@@ -12,16 +12,18 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 # Light imports only at module level (--help must not wait for numpy, scipy or torch).
 from analyses.errors import AnalysisInputError
 from analyses.options import BANDWIDTHS, CSLS_K, MAP_PRESETS, PROTOCOLS, SECTIONS, AssignmentMapConfig
+from interp.cli.validate import UsageParser, at_least, positive_number, writable_out
 
 log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analyses.alignment", description=__doc__.split("\n\n")[0])
+    p = UsageParser(prog="python -m analyses.alignment", description=__doc__.split("\n\n")[0])
     src = p.add_argument_group("inputs")
     src.add_argument("--x", help="paired embeddings of space X (.npz with 'embeddings' [n, d]; see docs/analyses.md)")
     src.add_argument("--y", help="paired embeddings of space Y, same rows in the same order")
@@ -68,8 +70,31 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
         raise AnalysisInputError(f"{flag} must be a comma list of integers, got {text!r}.") from err
 
 
+def check_args(args) -> None:
+    """Every flag checked before any file is read or any analysis runs."""
+    for flag, value, minimum in (("--synthetic", args.synthetic, 8), ("--permutations", args.permutations, 1),
+                                 ("--rbf-max-n", args.rbf_max_n, 0), ("--n-base", args.n_base, 1),
+                                 ("--n-query", args.n_query, 1), ("--qap-restarts", args.qap_restarts, 1),
+                                 ("--folds", args.folds, 2), ("--csls-k", args.csls_k, 1),
+                                 ("--map-epochs", args.map_epochs, 1), ("--map-min-steps", args.map_min_steps, 0)):
+        at_least(value, flag, minimum)
+    positive_number(args.map_temperature, "--map-temperature")
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if not sections or set(sections) - set(SECTIONS):
+        raise AnalysisInputError(f"--sections {args.sections!r}: unknown report section(s) {sorted(set(sections) - set(SECTIONS))}; "
+                                 f"choose a comma list from {','.join(SECTIONS)}.")
+    kernels = [s.strip() for s in args.layer_kernels.split(",") if s.strip()]
+    if not kernels or set(kernels) - {"linear", "rbf"}:
+        raise AnalysisInputError(f"--layer-kernels {args.layer_kernels!r}: choose linear, rbf or linear,rbf.")
+    _int_list(args.match_seeds, "--match-seeds")
+    if Path(args.out).exists() and not args.overwrite:
+        raise AnalysisInputError(f"output directory {args.out} exists: pass --overwrite or choose another --out.")
+    writable_out(args.out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_args(args)
     if args.synthetic is not None and (args.x or args.y):
         raise AnalysisInputError("pass either --synthetic N or --x/--y, not both.")
     if args.synthetic is None and not (args.x and args.y):

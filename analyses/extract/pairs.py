@@ -20,6 +20,7 @@ preprocessed as open_clip does (:mod:`interp.data.images`); ``pixels=`` accepts 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -45,16 +46,20 @@ def read_captions(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     path = Path(path)
     if not path.is_file():
         raise AnalysisInputError(f"captions file {path} not found: pass --captions FILE.csv with image,caption columns.")
-    with path.open(newline="", encoding="utf-8") as fh:
-        sample = fh.read(4096)
-        fh.seek(0)
-        delimiter = "\t" if "\t" in sample.splitlines()[0] else ","
-        reader = csv.DictReader(fh, delimiter=delimiter)
-        if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
-            raise AnalysisInputError(
-                f"captions file {path} has columns {reader.fieldnames}: it needs a header with 'image' and 'caption'."
-            )
-        rows = [(r["image"].strip(), r["caption"].strip()) for r in reader]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise AnalysisInputError(f"captions file {path} is not UTF-8 (byte {err.start}: {err.reason}): re-save it as "
+                                 "UTF-8, e.g. iconv -f latin1 -t utf-8.") from err
+    if not text.strip():
+        raise AnalysisInputError(f"captions file {path} is empty: it needs a header 'image,caption' and one row per pair.")
+    delimiter = "\t" if "\t" in text.splitlines()[0] else ","
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
+        raise AnalysisInputError(
+            f"captions file {path} has columns {reader.fieldnames}: it needs a header with 'image' and 'caption'."
+        )
+    rows = [((r["image"] or "").strip(), (r["caption"] or "").strip()) for r in reader]
     bad = [i + 2 for i, (img, cap) in enumerate(rows) if not img or not cap]
     if bad:
         raise AnalysisInputError(f"captions file {path}: empty image or caption on line(s) {bad[:5]}: fill or drop them.")

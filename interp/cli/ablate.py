@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 
 # Light imports only at module level (--help and argument errors must not wait for torch).
 from interp.cli.common import add_model_args, load_model_from_args, run_cli
+from interp.cli.validate import UsageParser, at_least, writable_out
 from interp.data.negation import ROLES, align_pairs, load_existence_pairs
 from interp.data.segment_labels import SEGMENT_LABELS
 from interp.errors import ClipInterpError
@@ -38,7 +39,7 @@ KIND_CHOICES = ("head", "attn", "mlp")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m interp.ablate", description=__doc__.splitlines()[0])
+    p = UsageParser(prog="python -m interp.ablate", description=__doc__.splitlines()[0])
     add_model_args(p)
     p.add_argument("--task", default="existence", choices=["existence"], help="VALSE piece (existence minimal pairs)")
     src = p.add_mutually_exclusive_group()
@@ -76,19 +77,30 @@ def _int_list(text: str | None, what: str) -> list[int] | None:
     if text is None:
         return None
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
         raise ClipInterpError(f"--{what} {text!r} must be a comma list of integers, e.g. 0,3,4") from err
+    if not values:
+        raise ClipInterpError(f"--{what} {text!r} names no {what}: pass e.g. 0,3,4 or leave it out for all")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:  # each would be ablated twice and fill one row of the results twice
+        raise ClipInterpError(f"--{what} {text!r} lists {repeated} more than once: name each once")
+    return values
+
+
+def _kinds(kinds: str) -> list[str]:
+    chosen = [k.strip() for k in kinds.split(",") if k.strip()]
+    bad = [k for k in chosen if k not in KIND_CHOICES]
+    if bad or not chosen or len(set(chosen)) != len(chosen):
+        raise ClipInterpError(f"--components {kinds!r}: choose a comma list of distinct kinds from {', '.join(KIND_CHOICES)}")
+    return chosen
 
 
 def parse_components(model, kinds: str, layers: str | None) -> list[Component]:
     """Components from ``--components`` and ``--layers`` (0-indexed), range-checked."""
     from interp.heads.ablation import Component, check_components
 
-    chosen = [k.strip() for k in kinds.split(",") if k.strip()]
-    bad = [k for k in chosen if k not in KIND_CHOICES]
-    if bad or not chosen:
-        raise ClipInterpError(f"--components {kinds!r}: choose a comma list of {', '.join(KIND_CHOICES)}")
+    chosen = _kinds(kinds)
     layer_list = _int_list(layers, "layers")
     layer_list = list(range(model.cfg.n_layers)) if layer_list is None else layer_list
     comps = []
@@ -105,7 +117,13 @@ def _image_embeddings(args, model, aligned) -> torch.Tensor:
     if args.image_embeddings:
         from interp.data.image_cache import load_precomputed_embeddings
 
-        return load_precomputed_embeddings(args.image_embeddings, files)
+        emb = load_precomputed_embeddings(args.image_embeddings, files)
+        if emb.shape[1] != model.cfg.d_embed:
+            raise ClipInterpError(
+                f"--image-embeddings {args.image_embeddings} has rows of size {emb.shape[1]} but {args.model}'s text "
+                f"embeddings have {model.cfg.d_embed}: use image embeddings of the same CLIP model"
+            )
+        return emb
     from interp.data.image_cache import embed_images
     from interp.models.loading import create_open_clip_model, resolve_pretrained
 
@@ -429,14 +447,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.site != "z":
             raise ClipInterpError("--method atp estimates head ablation at z: drop --site result")
         args.method = args.atp_ablation  # from here on: the ablation AtP estimates
-    if args.limit is not None and args.limit < 1:
-        raise ClipInterpError(f"--limit {args.limit} must be at least 1")
+    at_least(args.limit, "--limit")
+    at_least(args.chunk, "--chunk")
+    _kinds(args.components)
+    _int_list(args.layers, "layers")
     if args.preprocess and not args.images:
         raise ClipInterpError(f"--preprocess {args.preprocess} only applies to images read from --images DIR: "
                               "drop it, or pass --images")
     if args.attention_items == "segment" and args.segment == "all":
         raise ClipInterpError("--attention-items segment needs --segment correct|ambiguous|incorrect: pass one, "
                               "or drop --attention-items")
+    if args.images and not Path(args.images).is_dir():
+        raise ClipInterpError(f"--images {args.images} is not a folder: pass the folder holding the images, or --target text")
+    if args.image_embeddings and not Path(args.image_embeddings).is_file():
+        raise ClipInterpError(f"--image-embeddings {args.image_embeddings} does not exist: pass the embeddings file, or --target text")
+    writable_out(args.out)
     from tqdm.auto import tqdm
 
     from interp.heads.ablation import reference_means, resample_donors
@@ -463,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "components": args.components, "layers": args.layers, "by_role": args.by_role,
         "segment": args.segment, "limit": args.limit, "attention_items": args.attention_items,
         "further_pool": args.further_pool,
+        "chunk": args.chunk,  # items batched together: another chunking changes the last bits of the floats
     }
     if target == "image" and not args.image_embeddings:
         from interp.data.images import default_pipeline
@@ -493,10 +519,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  target_groups=list(range(n_items)) * 2, reference_groups=ref_groups)
 
     done = run.items.done()
-    todo = [a for a in aligned if a.pair.item_id not in done]
-    log.info("%d items, %d already done, %d to run", n_items, n_items - len(todo), len(todo))
-    for start in tqdm(range(0, len(todo), args.chunk), desc="ablation chunks"):
-        part = todo[start:start + args.chunk]
+    # Chunks are fixed slices of the full item list, whatever is already done: a resumed run batches
+    # every item with the same neighbours as an uninterrupted one, so its floats are bit-identical.
+    chunks = [aligned[start:start + args.chunk] for start in range(0, n_items, args.chunk)]
+    todo = [part for part in chunks if any(a.pair.item_id not in done for a in part)]
+    log.info("%d items in %d chunks, %d chunks to run", n_items, len(chunks), len(todo))
+    for part in tqdm(todo, desc="ablation chunks"):
         rows_idx = [index_of[a.pair.item_id] for a in part]
         donors = None
         if donor_index is not None:
@@ -504,7 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             donors = (reference[donor_index[sel]], donor_pos[sel])
         rows = ablate_items(model, part, dirs1[rows_idx], dirs2[rows_idx], comps, args, target, means, donors)
         for item_id, item_rows in rows.groupby("item_id", sort=False):
-            run.items.write(item_id, item_rows)
+            if item_id not in done:
+                run.items.write(item_id, item_rows)
 
     write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loaded, dirs1, dirs2, comps,
                   attention_aligned=all_aligned if args.attention_items == "all" else aligned)

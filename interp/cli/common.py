@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 # Only light imports here: every command's parser is built from this module, and --help must not
 # wait for torch (the loaders import it when a model is built).
+from interp.cli.validate import UsageParser  # noqa: F401 - re-exported for the CLIs
 from interp.errors import ClipInterpError
 from interp.models.names import DEFAULT_MODEL, DEFAULT_PRETRAINED, DTYPE_NAMES
 
@@ -48,10 +49,21 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def check_device(device: str) -> None:
-    import torch
+    """Refuse an unknown or unavailable ``--device`` before anything loads."""
+    from interp.models.checks import check_device as check
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ClipInterpError(f"--device {device} asked for, but torch sees no CUDA device here: use --device cpu")
+    try:
+        check(device)
+    except ClipInterpError as err:
+        raise type(err)(f"--device {device}: {err}") from err
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    """The cheap model checks (device, thread count) before anything loads."""
+    check_device(args.device)
+    from interp.cli.validate import at_least
+
+    at_least(getattr(args, "threads", None), "--threads")
 
 
 def setup_threads(args: argparse.Namespace) -> tuple[int, str]:
@@ -74,7 +86,7 @@ def load_model_from_args(args: argparse.Namespace):
     (after setting torch's threads, :func:`setup_threads`)."""
     from interp.models.loading import load_text_encoder
 
-    check_device(args.device)
+    check_model_args(args)
     setup_threads(args)
     pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
     return load_text_encoder(args.model, pretrained, device=args.device, dtype=torch_dtype(args.dtype), seed=args.seed)
@@ -89,7 +101,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except ClipInterpError as err:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)  # noqa: T201 - the CLI's one-line answer
+        message = " ".join(str(err).split())  # one line, whatever the message holds
+        print(f"error: {message}", file=sys.stderr)  # noqa: T201 - the CLI's one-line answer
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: finished items are saved; rerun the same command to resume", file=sys.stderr)  # noqa: T201

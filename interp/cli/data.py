@@ -8,25 +8,27 @@ position). Only the model's tokenizer is used; ``--pretrained none`` is enough (
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Sequence
 
 # Light imports only at module level (--help must not wait for torch or pandas).
-from interp.cli.common import add_model_args, load_model_from_args, run_cli
+from interp.cli.common import add_model_args, check_model_args, load_model_from_args, run_cli
+from interp.cli.validate import UsageParser, writable_out
 from interp.data.negation import align_pairs, load_existence_pairs, role_table
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m interp.data", description=__doc__.split("\n")[0])
+    parser = UsageParser(prog="python -m interp.data", description=__doc__.split("\n")[0])
     add_model_args(parser)
     parser.add_argument("--out", required=True, help="output folder for the tables")
     parser.add_argument("--data-dir", default=None, help="folder holding existence.json (default: lookup order, see docs/data.md)")
     parser.add_argument("--all-items", action="store_true", help="do not restrict to VALSE's valid set (mturk.caption >= 2)")
     args = parser.parse_args(argv)
+    writable_out(args.out)
+    check_model_args(args)
     import pandas as pd
 
     from interp.runs.rundir import atomic_write_text, package_versions, write_json

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 # Light imports only at module level (--help must not wait for torch); the work imports in main().
 from interp.cli.common import add_model_args, load_model_from_args, run_cli
+from interp.cli.validate import UsageParser, at_least, positive_number, writable_out
 from interp.data.negation import ROLES, align_pairs, load_existence_pairs
 from interp.data.segment_labels import SEGMENT_LABELS
 from interp.errors import ClipInterpError
@@ -60,7 +61,7 @@ TARGET_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = UsageParser(
         prog="python -m interp.trace",
         description="Causal tracing of negation in a text encoder (negation-spec.md section 3), with a report.",
     )
@@ -131,22 +132,31 @@ def check_target_args(args: argparse.Namespace) -> Target:
             f"--segment {args.segment} needs images: segments come from the image score d = S(caption) - S(foil); "
             "pass --images DIR or --image-embeddings FILE, or drop --segment"
         )
-    if args.limit is not None and args.limit < 1:
-        raise ClipInterpError(f"--limit {args.limit} must be at least 1")
+    at_least(args.limit, "--limit")
     if args.preprocess and not args.images:
         raise ClipInterpError(f"--preprocess {args.preprocess} only applies to images read from --images DIR: "
                               "drop it, or pass --images")
     if args.mode != "noise" and args.noise_calibration != DEFAULT_NOISE_CALIBRATION:
         raise ClipInterpError(f"--noise-calibration {args.noise_calibration} only applies to --mode noise: drop it, "
                               "or pass --mode noise")
-    if args.chunk_items < 1:
-        raise ClipInterpError(f"--chunk-items {args.chunk_items} must be at least 1")
     if args.atp_check < 0 or (args.atp_check and args.method != "atp"):
         raise ClipInterpError(f"--atp-check {args.atp_check} needs --method atp and a count >= 0")
     if args.method == "atp" and args.window != 1:
         raise ClipInterpError(f"--method atp estimates one layer per cell: drop --window {args.window} (or use --method exact)")
-    if args.mode == "noise" and args.noise_scale <= 0:
-        raise ClipInterpError(f"--noise-scale {args.noise_scale} must be positive")
+    at_least(args.limit, "--limit")
+    at_least(args.chunk_items, "--chunk-items")
+    at_least(args.window, "--window")
+    positive_number(args.budget_mb, "--budget-mb")
+    if args.mode == "noise":
+        positive_number(args.noise_scale, "--noise-scale")
+        at_least(args.samples, "--samples")
+        roles = [r.strip() for r in args.noise_roles.split(",") if r.strip()]
+        bad = [r for r in roles if r not in ROLES]
+        if bad or not roles:
+            raise ClipInterpError(f"--noise-roles {args.noise_roles!r}: choose a comma list from {', '.join(ROLES)}")
+    if args.image_embeddings and not Path(args.image_embeddings).is_file():
+        raise ClipInterpError(f"--image-embeddings {args.image_embeddings} does not exist: pass the embeddings file, or --target text")
+    writable_out(args.out)
     if args.images:
         if not Path(args.images).is_dir():
             raise ClipInterpError(f"--images {args.images} is not a folder: pass the folder holding the images, or --target text")
@@ -215,7 +225,6 @@ def clean_d(model, items: Sequence[AlignedPair], directions: torch.Tensor) -> np
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     target = check_target_args(args)
-    import numpy as np
     import torch
 
     from interp.data.scoring import image_target_directions, segments
@@ -235,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         raise ClipInterpError(f"cannot load VALSE existence ({err}): pass --valse-dir DIR holding existence.json") from err
     aligned, rejected = align_pairs(existence.pairs, model.tokenizer)
+    if not existence.pairs:
+        raise ClipInterpError(f"VALSE existence{' in ' + args.valse_dir if args.valse_dir else ''} has no valid minimal pair "
+                              f"({len(existence.exclusions)} items excluded, e.g. {existence.exclusions[0].reason if existence.exclusions else 'none'}): "
+                              "pass --valse-dir DIR holding VALSE's existence.json")
     if not aligned:
         raise ClipInterpError(f"no item could be token-aligned with {args.model}'s tokenizer (first reason: {rejected[0].reason})")
 
@@ -276,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "target": target.kind, **target.settings, "segment": args.segment, "mode": args.mode,
         "direction": args.direction, "kind": args.kind, "window": args.window, **noise_info,
         **({"method": "atp"} if args.method == "atp" else {}),  # exact runs keep their settings unchanged
+        # Both set how runs and cells are batched, which changes the floats' last bits (~1e-6):
+        # a resumed run must use the same values to be byte-identical to an uninterrupted one.
+        "chunk_items": args.chunk_items, "budget_mb": args.budget_mb,
     }
     settings.update(preset_record({
         "negation_scoring": {k: target.settings[k] for k in ("preprocess",) if k in target.settings},
@@ -283,8 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }))
     info = {"argv": list(sys.argv[1:] if argv is None else argv), "device": args.device, "limit": args.limit,
             "image_source": target.source,
-            "chunk_items": args.chunk_items, "budget_mb": args.budget_mb, "threads": torch.get_num_threads(),
-            "threads_reason": args.threads_reason,
+            "threads": torch.get_num_threads(), "threads_reason": args.threads_reason,
             "fast_path": uses_fast_path(model), "args": vars(args)}
     out = Path(args.out) if args.out else default_run_dir(TOOL, args.model, args.name)
     run = RunDir(out, TOOL, settings, info)

@@ -153,7 +153,7 @@ def embed_images(
         ImageDataError: missing files (all listed up front, before any work), corrupt images.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ImageDataError(f"batch_size must be >= 1, got {batch_size}")
     paths = check_image_files(folder, image_files)
     preprocess = preprocess or PreprocessConfig.from_model(model)
     param = next(model.parameters())
@@ -189,7 +189,7 @@ def embed_images(
                     batch = load_image_batch(chunk, preprocess).to(device=device, dtype=param.dtype)
                     out = encode(batch).float().cpu().numpy()
                     if out.shape[0] != len(chunk) or out.ndim != 2:
-                        raise ValueError(f"image encoder returned shape {out.shape} for {len(chunk)} images")
+                        raise ImageDataError(f"image encoder returned shape {out.shape} for {len(chunk)} images")
                     for path, row in zip(chunk, out):
                         cache.put(hashes[path], row)
                         found[hashes[path]] = row
@@ -271,6 +271,12 @@ def load_precomputed_embeddings(
     out = np.stack(rows).astype(np.float32)
     if not np.isfinite(out).all():
         raise ImageDataError(f"embedding file {path} holds NaN or infinite values")
+    zero = [name for name, row in zip(image_files, out) if not np.any(row)]
+    if zero:  # a zero row has no direction: every score against it would be NaN (or a silent 0)
+        raise ImageDataError(
+            f"embedding file {path}: {len(zero)} rows are all zeros (e.g. {', '.join(zero[:_LISTED_MISSING])}); "
+            "recompute the embeddings of these images"
+        )
     return torch.from_numpy(out)
 
 
@@ -282,7 +288,7 @@ def save_precomputed_embeddings(
     array = np.asarray(embeddings.detach().cpu() if isinstance(embeddings, Tensor) else embeddings,
                        dtype=np.float32)
     if array.ndim != 2 or len(array) != len(image_files) or len(set(image_files)) != len(image_files):
-        raise ValueError(
+        raise ImageDataError(
             f"need one [d] row per distinct image file: got {array.shape} for {len(image_files)} names "
             f"({len(set(image_files))} distinct)"
         )
@@ -296,7 +302,7 @@ def save_precomputed_embeddings(
 
         save_file(table, str(tmp))
     else:
-        raise ValueError(f"{path}: save as .npz or .safetensors")
+        raise ImageDataError(f"{path}: save as .npz or .safetensors")
     os.replace(tmp, path)
     return path
 
@@ -318,12 +324,12 @@ def image_embeddings(
         ValueError: neither or both sources given (use the text target when there are no images).
     """
     if (images_dir is None) == (embeddings_file is None):
-        raise ValueError(
+        raise ImageDataError(
             "give exactly one of images_dir (--images DIR) or embeddings_file (--image-embeddings FILE); "
             "without images use the text target (--target text)"
         )
     if embeddings_file is not None:
         return load_precomputed_embeddings(embeddings_file, image_files)
     if model is None:
-        raise ValueError("computing embeddings from images_dir needs the open_clip model (its image tower)")
+        raise ImageDataError("computing embeddings from images_dir needs the open_clip model (its image tower)")
     return embed_images(model, model_name, checkpoint, images_dir, image_files, **embed_kwargs)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from interp.errors import ClipInterpError
+from interp.errors import ClipInterpError, NonFiniteError
 
 from interp.data.segment_labels import SEGMENT_LABELS, TARGET_KINDS  # noqa: F401 - re-exported
 
@@ -40,9 +40,25 @@ class TextTargetError(ClipInterpError, ValueError):
     """Asked for accuracy or segments with the text target, where they are undefined."""
 
 
+class ScoreInputError(ClipInterpError, ValueError):
+    """Embeddings and target directions that cannot be scored together (sizes, zero or NaN rows)."""
+
+
+def _check_rows(x: Tensor, what: str) -> None:
+    """Refuse NaN/inf and all-zero rows: their direction (and so every score) is undefined."""
+    if not bool(torch.isfinite(x).all()):
+        rows = (~torch.isfinite(x)).flatten(0, -2).any(-1).nonzero().flatten().tolist() if x.ndim > 1 else [0]
+        raise NonFiniteError(f"{what} hold NaN or infinite values (rows {rows[:5]}): check the weights and inputs that produced them")
+    zero = (x == 0).all(-1)
+    if bool(zero.any()):
+        rows = zero.flatten().nonzero().flatten().tolist()
+        raise ScoreInputError(f"{what}: {len(rows)} rows are all zeros (e.g. rows {rows[:5]}); a zero vector has no "
+                              "direction to score against: recompute them")
+
+
 def _check_kind(target: str) -> None:
     if target not in TARGET_KINDS:
-        raise ValueError(f"target must be one of {TARGET_KINDS}, got {target!r}")
+        raise ScoreInputError(f"target must be one of {TARGET_KINDS}, got {target!r}")
     if target == "text":
         raise TextTargetError(TEXT_MODE_NOTE)
 
@@ -56,7 +72,7 @@ def score(text_embeddings: Float[Tensor, "... d"], direction: Float[Tensor, "...
     """``normalize(text_embeddings) · direction``; leading axes broadcast (e.g. embeddings
     ``[item, layer, pos, d]`` with ``direction[:, None, None, :]``)."""
     if text_embeddings.shape[-1] != direction.shape[-1]:
-        raise ValueError(
+        raise ScoreInputError(
             f"text embeddings have size {text_embeddings.shape[-1]} but the target direction has "
             f"{direction.shape[-1]}: use the same model's text and image embeddings"
         )
@@ -67,9 +83,10 @@ def image_target_directions(
     image_embeddings: Float[Tensor, "n d"], logit_scale: float | Tensor
 ) -> Float[Tensor, "n d"]:
     """``exp(logit_scale) * i / |i|`` per image; ``logit_scale`` is log-space (``model.logit_scale``)."""
+    _check_rows(image_embeddings, "image embeddings")
     scale = torch.as_tensor(logit_scale, dtype=image_embeddings.dtype, device=image_embeddings.device)
     if scale.numel() != 1:
-        raise ValueError(f"logit_scale must be a scalar, got shape {tuple(scale.shape)}")
+        raise ScoreInputError(f"logit_scale must be a scalar, got shape {tuple(scale.shape)}")
     return scale.reshape(()).exp() * normalize(image_embeddings)
 
 
@@ -78,7 +95,9 @@ def text_target_directions(
 ) -> Float[Tensor, "n d"]:
     """``e_N / |e_N| - e_A / |e_A|`` per item: score(x) = cos(x, e_N) - cos(x, e_A)."""
     if e_negated.shape != e_affirmative.shape:
-        raise ValueError(f"e_negated {tuple(e_negated.shape)} and e_affirmative {tuple(e_affirmative.shape)} differ")
+        raise ScoreInputError(f"e_negated {tuple(e_negated.shape)} and e_affirmative {tuple(e_affirmative.shape)} differ")
+    _check_rows(e_negated, "negated-sentence embeddings")
+    _check_rows(e_affirmative, "affirmative-sentence embeddings")
     return normalize(e_negated) - normalize(e_affirmative)
 
 
@@ -97,9 +116,9 @@ def pairwise_d(score_caption: Float[Tensor, "..."], score_foil: Float[Tensor, ".
 def _as_numpy(d: Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
     array = d.detach().cpu().double().numpy() if isinstance(d, Tensor) else np.asarray(d, dtype=np.float64)
     if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"d must be a non-empty 1-D array of per-item values, got shape {array.shape}")
+        raise ScoreInputError(f"d must be a non-empty 1-D array of per-item values, got shape {array.shape}")
     if not np.isfinite(array).all():
-        raise ValueError("d holds NaN or infinite values: check the embeddings that produced it")
+        raise NonFiniteError("d holds NaN or infinite values: check the weights and embeddings that produced it")
     return array
 
 
@@ -118,7 +137,7 @@ def segments(
     """Per-item labels: "incorrect" (d < lower), "ambiguous" (lower <= d < upper), "correct" (d >= upper)."""
     _check_kind(target)
     if not lower <= upper:
-        raise ValueError(f"segment thresholds need lower <= upper, got lower={lower}, upper={upper}")
+        raise ScoreInputError(f"segment thresholds need lower <= upper, got lower={lower}, upper={upper}")
     values = _as_numpy(d)
     labels = np.full(values.shape, "ambiguous", dtype=object)
     labels[values < lower] = "incorrect"
@@ -146,7 +165,7 @@ def summarize(
     """
     values = _as_numpy(d)
     if target not in TARGET_KINDS:
-        raise ValueError(f"target must be one of {TARGET_KINDS}, got {target!r}")
+        raise ScoreInputError(f"target must be one of {TARGET_KINDS}, got {target!r}")
     out: dict[str, Any] = {"target": target, "n": int(values.size), "mean_d": float(values.mean())}
     if target == "text":
         return {**out, "accuracy": None, "segments": None, "by_group": None, "note": TEXT_MODE_NOTE}
@@ -158,7 +177,7 @@ def summarize(
     if groups is not None:
         groups = np.asarray(groups, dtype=object)
         if groups.shape != values.shape:
-            raise ValueError(f"groups has {groups.size} entries for {values.size} values of d")
+            raise ScoreInputError(f"groups has {groups.size} entries for {values.size} values of d")
         out["by_group"] = {
             str(g): {
                 "n": int((groups == g).sum()),

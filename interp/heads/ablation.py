@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.errors import ClipInterpError
+from interp.errors import ClipInterpError, NonFiniteError
 from interp.data.scoring import score
 from interp.models.tokenization import TokenBatch
 
@@ -95,6 +95,11 @@ def check_components(model, components: Sequence[Component]) -> None:
             raise AblationError(f"layer {comp.layer} of {comp.label} is out of range: valid layers are 0..{n_layers - 1} (0-indexed)")
         if comp.kind == "head" and (comp.head is None or not 0 <= comp.head < n_heads):
             raise AblationError(f"head {comp.head} of layer {comp.layer} is out of range: valid heads are 0..{n_heads - 1} (0-indexed)")
+    seen: set[Component] = set()
+    for comp in components:  # a repeated component would share one output row with its twin
+        if comp in seen:
+            raise AblationError(f"component {comp.label} is listed twice: pass each component once")
+        seen.add(comp)
 
 
 def _hook_names(components: Sequence[Component], site: str) -> list[str]:
@@ -385,7 +390,20 @@ def ablation_scores(
                         ablated[row_of[comp], idx] = scores[j].cpu()
                     bar.update(len(pack))
         bar.close()
+    _check_finite_scores(clean, ablated, components)
     return AblationScores(clean=clean, ablated=ablated, components=components)
+
+
+def _check_finite_scores(clean: Tensor, ablated: Tensor, components: Sequence[Component]) -> None:
+    """NaN in a score is an error naming its source, never a value a NaN-skipping mean hides."""
+    bad = (~torch.isfinite(clean)).nonzero().flatten().tolist()
+    if bad:
+        raise NonFiniteError(f"the clean score of sentence {bad[0]} (and {len(bad) - 1} more) is NaN or infinite: "
+                             "the model's weights or the target directions hold NaN; check the checkpoint")
+    rows = (~torch.isfinite(ablated)).any(1).nonzero().flatten().tolist()
+    if rows:
+        raise NonFiniteError(f"ablating {components[rows[0]].label} gives NaN or infinite scores: its replacement "
+                             "values hold NaN (e.g. a per-position mean with no reference sentence at a position)")
 
 
 def _run_pack(model, sub, resid, dirs, mask, pack, method, means, donor_cache, site, layer) -> Tensor:

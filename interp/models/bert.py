@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from interp.models.checks import check_finite_tensors, read_safetensors
 from interp.models.config import ConfigError, TextEncoderConfig
 from interp.models.convert import _bias_heads, _heads_in, _heads_out  # one named-axis split for every format
 from interp.models.text_encoder import HookedTextEncoder
@@ -179,16 +180,28 @@ def read_bert_directory(path: str | Path) -> BertDirectory:
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise WeightsUnavailableError(_missing_message(path, " or ".join(TOKENIZER_FILES)))
     config = _read_json(path / "config.json")
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path / 'config.json'} holds a JSON {type(config).__name__}, not an object: re-export the model")
     if config.get("model_type") != "bert":
         raise ConfigError(
             f"{path / 'config.json'} describes model_type {config.get('model_type')!r}, not 'bert': only "
             "BERT-architecture encoders (BERT, MiniLM, all-MiniLM-*, ...) are supported here"
         )
+    _check_sizes(config, path / "config.json")
     pool, normalize = _read_pooling(path)
     st_config = _read_json(path / "sentence_bert_config.json", {})
     max_len = int(st_config.get("max_seq_length") or config["max_position_embeddings"])
     return BertDirectory(path, config, weights, pool, normalize, min(max_len, int(config["max_position_embeddings"])),
                          bool(st_config.get("do_lower_case", False)))
+
+
+def _check_sizes(config: dict, source: Path) -> None:
+    """Every size the encoder is built from must be a positive integer in config.json."""
+    needed = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size",
+              "max_position_embeddings")
+    bad = [k for k in needed if not isinstance(config.get(k), int) or isinstance(config.get(k), bool) or config[k] < 1]
+    if bad:
+        raise ConfigError(f"{source}: {', '.join(bad)} missing or not a positive integer: re-export the model's config.json")
 
 
 def _read_pooling(path: Path) -> tuple[str, bool]:
@@ -297,9 +310,7 @@ def convert_bert_state_dict(sd: dict[str, Tensor], cfg: TextEncoderConfig, sourc
 
 def _read_weights(path: Path) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return read_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user error
@@ -347,7 +358,9 @@ def load_bert_directory(
             )
     cfg = bert_config(directory, model_name or directory.path.name, pretrained or str(directory.path))
     cfg.extra["weights_sha256"] = file_sha256(directory.weights)
-    sd = convert_bert_state_dict(_read_weights(directory.weights), cfg, str(directory.weights))
+    raw = _read_weights(directory.weights)
+    check_finite_tensors(raw.items(), str(directory.weights))
+    sd = convert_bert_state_dict(raw, cfg, str(directory.weights))
     encoder = _new_encoder(cfg, directory)
     expected = encoder.state_dict()
     wrong = [f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(expected[k].shape)}"

@@ -58,6 +58,33 @@ def _forget_half_imported_modules() -> None:
             del sys.modules[module_name]
 
 
+def ensure_torchvision_importable() -> None:
+    """Make ``import torchvision`` work (applying the schema fix only if the plain import fails).
+
+    transformers imports torchvision lazily (e.g. for ``CLIPModel``); without this step a fresh
+    process that imports transformers before open_clip gets ``ModuleNotFoundError: CLIPModel``.
+    A missing torchvision is fine (transformers then does without it).
+    """
+    try:
+        importlib.import_module("torchvision")
+        return
+    except ImportError:
+        return
+    except RuntimeError as err:
+        if not _is_missing_operator_error(err):
+            raise
+        log.info("torchvision is a CUDA build on CPU torch (%s); defining its operator schemas", err)
+    _forget_half_imported_modules()
+    _define_missing_torchvision_schemas()
+    importlib.import_module("torchvision")
+
+
+def import_transformers() -> ModuleType:
+    """Return ``transformers`` after :func:`ensure_torchvision_importable` (see there why)."""
+    ensure_torchvision_importable()
+    return importlib.import_module("transformers")
+
+
 def import_open_clip() -> ModuleType:
     """Return the ``open_clip`` module, patching torchvision's missing operators only if needed.
 

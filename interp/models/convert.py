@@ -14,6 +14,7 @@ import einops
 import torch
 from torch import Tensor, nn
 
+from interp.models.towers import check_open_clip_tower
 from interp.models.config import ConfigError, TextEncoderConfig
 
 StateDict = dict[str, Tensor]
@@ -83,6 +84,7 @@ def _layer_scale(module: nn.Module, d_model: int) -> Tensor:
 def open_clip_text_config(model: nn.Module, model_name: str = "custom", pretrained: str | None = None) -> TextEncoderConfig:
     """Read the text tower's configuration from an open_clip model's modules and parameters."""
     tower = _text_tower(model)
+    check_open_clip_tower(tower, model_name)
     _refuse_unsupported_open_clip_parts(tower, model_name)
     blocks = tower.transformer.resblocks
     block = blocks[0]

@@ -27,9 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from interp.models.compat import import_open_clip
+from interp.models.compat import import_open_clip, import_transformers
+from interp.models.checks import check_device, check_finite_tensors, read_config_json, read_safetensors
 from interp.models.convert import convert_hf_clip_text, convert_open_clip_text
 from interp.models.text_encoder import HookedTextEncoder
+from interp.models.towers import check_open_clip_text_config
 from interp.errors import CheckpointMismatchError, UnknownModelError, WeightsUnavailableError
 from interp.models.tokenization import CLIPTokenizer
 
@@ -110,14 +112,14 @@ def _check_open_clip_name(name: str) -> None:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path))
+        sd = read_safetensors(path)
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user error
-            raise CheckpointMismatchError(f"cannot read checkpoint {path}: {err}") from err
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointMismatchError(f"cannot read checkpoint {path} ({first[:160]}): pass an open_clip state dict "
+                                          "saved with torch.save or safetensors") from err
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
@@ -146,6 +148,7 @@ def load_checkpoint_into(model: nn.Module, path: Path, model_name: str) -> None:
     sd = _read_state_dict(path)
     expected = model.state_dict()
     _check_fits(sd, expected, path, model_name)
+    check_finite_tensors(((k, v) for k, v in sd.items() if k in expected), f"checkpoint {path}")
     unexpected = [k for k in sd if k not in expected]
     if unexpected:
         log.warning("checkpoint %s has %d tensors the model does not use (e.g. %s)", path, len(unexpected), unexpected[0])
@@ -253,10 +256,8 @@ _HF_CLIP_CLASSES = ("CLIPModel", "CLIPTextModelWithProjection", "CLIPTextModel")
 
 def _hf_clip_class(transformers: Any, path: Path) -> Any:
     """The transformers class the directory was saved from (its config's ``architectures``)."""
-    import json
-
-    architectures = json.loads((path / "config.json").read_text()).get("architectures") or ["CLIPModel"]
-    if architectures[0] not in _HF_CLIP_CLASSES:
+    architectures = read_config_json(path / "config.json").get("architectures") or ["CLIPModel"]
+    if not isinstance(architectures, list) or architectures[0] not in _HF_CLIP_CLASSES:
         raise UnknownModelError(
             f"{path} holds a {architectures[0]}, not a Hugging Face CLIP ({', '.join(_HF_CLIP_CLASSES)})"
         )
@@ -264,22 +265,27 @@ def _hf_clip_class(transformers: Any, path: Path) -> Any:
 
 
 def _hf_model_type(path: Path) -> str | None:
-    import json
-
-    return json.loads((path / "config.json").read_text()).get("model_type")
+    return read_config_json(path / "config.json").get("model_type")
 
 
 def _load_hf_clip(source: Any, device: Any, dtype: torch.dtype, label: str) -> HookedTextEncoder:
     if isinstance(source, (str, Path)):
         try:
-            import transformers
+            transformers = import_transformers()  # torchvision fix first: a fresh process needs it
         except ImportError as err:
             raise WeightsUnavailableError("loading a Hugging Face CLIP needs transformers: pip install 'clip-interp[hf]'") from err
         path = Path(source)
         missing = [f for f in ("config.json",) if not (path / f).is_file()]
         if missing:
             raise WeightsUnavailableError(f"{path} is not a Hugging Face CLIP directory: {', '.join(missing)} missing")
-        source = _hf_clip_class(transformers, path).from_pretrained(str(path), local_files_only=True)
+        cls = _hf_clip_class(transformers, path)
+        try:
+            source = cls.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise WeightsUnavailableError(
+                f"{path} does not load as a Hugging Face {cls.__name__} ({type(err).__name__}: {str(err)[:160]}): "
+                "it needs config.json and model.safetensors (or pytorch_model.bin) as save_pretrained writes them"
+            ) from err
     cfg, sd, log_scale = convert_hf_clip_text(source, model_name=label, pretrained=label)
     return _build(cfg, sd, log_scale, device, dtype)
 
@@ -290,6 +296,7 @@ def _build(cfg, sd, log_scale: float, device, dtype, source_dropped: bool = Fals
     built on the meta device (no memory) and each parameter that is a view of a larger source tensor
     (per-head slices of a fused QKV, transposes) becomes its own contiguous copy, one at a time, so a
     load peaks near one copy of the weights instead of two."""
+    check_finite_tensors(sd.items(), f"weights of {cfg.model_name} ({cfg.pretrained or 'random init'})")
     if not source_dropped:
         encoder = HookedTextEncoder(cfg, CLIPTokenizer(cfg.n_ctx), init=False)
         _load_all(encoder, sd)
@@ -342,6 +349,7 @@ def load_text_encoder(
         device, dtype: where and in what precision the hooked encoder runs.
         seed: seed of random init.
     """
+    check_device(device)
     if isinstance(name, nn.Module):
         if hasattr(name, "text_model"):
             return _load_hf_clip(name, device, dtype, type(name).__name__)
@@ -361,6 +369,9 @@ def load_text_encoder(
         return _load_hf_clip(name, device, dtype, name)
     if not _is_random(pretrained) and _is_hf_directory(Path(str(pretrained))):
         return _load_hf_clip(str(pretrained), device, dtype, f"{name} ({pretrained})")
+    if name != TINY:  # refuse towers the hooked encoder cannot reproduce before any weights load
+        _check_open_clip_name(name)
+        check_open_clip_text_config(name, import_open_clip().get_model_config(name).get("text_cfg", {}))
     pretrained = resolve_pretrained(name, pretrained)
     tag = None if _is_random(pretrained) else str(pretrained)
     source, log_scale = _open_clip_text_source(name, pretrained, seed)

@@ -82,14 +82,17 @@ def heads_heatmap(
     limit: float | None = None,
     cmap: str = "RdBu_r",
     annotate: bool = True,
+    colorbar_label: str = "",
 ) -> Path:
-    """Layers (rows) x heads (columns) heatmap, diverging around ``center`` (symmetric limits)."""
+    """Layers (rows) x heads (columns) heatmap, diverging around ``center`` (symmetric limits);
+    ``colorbar_label`` names the quantity the colours show."""
     plt, sns = _pyplot()
     values = matrix.astype(float)
     bound = limit if limit is not None else float(max(abs(values.min().min() - center), abs(values.max().max() - center), 1e-12))
     fig, ax = plt.subplots(figsize=(0.5 * values.shape[1] + 2.5, 0.4 * values.shape[0] + 1.5))
     sns.heatmap(values, ax=ax, center=center, vmin=center - bound, vmax=center + bound, cmap=cmap,
-                annot=annotate, fmt=".2f", annot_kws={"fontsize": 6}, cbar_kws={"shrink": 0.8})
+                annot=annotate, fmt=".2f", annot_kws={"fontsize": 6},
+                cbar_kws={"shrink": 0.8, "label": colorbar_label})
     return _finish(plt, fig, ax, path, title, "head", "layer")
 
 

@@ -15,8 +15,18 @@ import numpy as np
 import pandas as pd
 
 from interp.data.negation import ROLES
+from interp.errors import NonFiniteError
 
 CAUSAL_ZERO_ROLES = ("SOT", "there", "is/are")
+
+
+def _check_finite_effects(cells: pd.DataFrame) -> None:
+    """pandas sums skip NaN: a NaN effect would show as 0.00 in a role table. Refuse it instead."""
+    bad = cells[~np.isfinite(cells["effect"].to_numpy(dtype=float))]
+    if len(bad):
+        row = bad.iloc[0]
+        raise NonFiniteError(f"{len(bad)} effects are NaN or infinite, e.g. item {row['item_id']}, layer {row['layer']}, "
+                             f"role {row['role']}: the scores they come from are undefined; check the weights and targets")
 
 
 def role_values(cells: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
@@ -33,6 +43,7 @@ def role_table(cells: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     Columns: ``*by, role, layer, mean`` (token-weighted mean of the effect), ``std`` (weighted std
     of the per-item role values, weights = token counts), ``n_items``, ``n_tokens``.
     """
+    _check_finite_effects(cells)
     per_item = role_values(cells, by)
     per_item["weighted"] = per_item["value"] * per_item["n_tokens"]
     keys = [*by, "role", "layer"]

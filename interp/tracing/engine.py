@@ -36,6 +36,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from interp.data.scoring import text_target_directions
+from interp.errors import ClipInterpError, NonFiniteError
 from interp.models.tokenization import TokenBatch
 from interp.tracing.clean import CleanRun, clean_run
 from interp.tracing.metric import RowMetric, run_scores
@@ -180,6 +181,10 @@ def classify_cells(
     return (base_equal & valid).permute(1, 0, 2), (source_equal & valid).permute(1, 0, 2), to_run.permute(1, 0, 2)
 
 
+class TraceInputError(ClipInterpError, ValueError):
+    """A tracing call that cannot run as asked (memory budget, fast path on a model without one)."""
+
+
 # ------------------------------------------------------------------------------------ sweep
 @torch.no_grad()
 def patched_scores(
@@ -199,11 +204,13 @@ def patched_scores(
         budget_mb: rough memory budget of one chunk of cells (activations, float32).
         fast: force (True) or forbid (False) the causal fast path; None = use it when it applies.
     """
+    if not (isinstance(budget_mb, (int, float)) and math.isfinite(budget_mb) and budget_mb > 0):
+        raise TraceInputError(f"budget_mb={budget_mb!r} must be a positive number of megabytes (e.g. {DEFAULT_BUDGET_MB})")
     device = model.device
     batch = runs.batch.to(device)
     use_fast = uses_fast_path(model) if fast is None else fast
     if use_fast and not uses_fast_path(model):
-        raise ValueError("the causal fast path needs a causal, pre-LN encoder pooled at one position")
+        raise TraceInputError("fast=True: the causal fast path needs a causal, pre-LN encoder pooled at one position; pass fast=None")
     if use_fast and spec.kind == "resid":
         base, source = clean_runs_fast(model, batch, runs.base_x0.to(device), runs.source_x0.to(device))
     else:
@@ -214,6 +221,11 @@ def patched_scores(
     else:
         direction = runs.direction.to(device)
     base.scores, source.scores = run_scores(base.embedding, direction), run_scores(source.embedding, direction)
+    for name, clean in (("base", base.scores), ("source", source.scores)):
+        bad = (~torch.isfinite(clean)).nonzero().flatten().tolist()
+        if bad:
+            raise NonFiniteError(f"the clean {name} score of run {bad[0]} ({len(bad)} runs in all) is NaN or infinite: "
+                                 "the model's weights or the score directions hold NaN; check the checkpoint and targets")
     base_equal, source_equal, to_run = classify_cells(model, spec, batch, base, source)
     n_runs, n_pos = batch.tokens.shape
     patched = torch.full((n_runs, spec.n_axis, n_pos), float("nan"), device=device, dtype=base.scores.dtype)
@@ -223,6 +235,11 @@ def patched_scores(
     if len(cells):
         sweep = _fast_sweep if use_fast else _generic_sweep
         values = sweep(model, spec, batch, direction, base, source, cells, budget_mb)
+        bad = (~torch.isfinite(values)).nonzero().flatten()
+        if bad.numel():
+            run, layer, pos = cells[bad[0]].tolist()
+            raise NonFiniteError(f"the patched score of run {run} at layer {layer}, position {pos} ({bad.numel()} cells in all) "
+                                 "is NaN or infinite: the model's activations overflow or its weights hold NaN")
         patched[cells[:, 0], cells[:, 1], cells[:, 2]] = values
     return PatchedScores(
         patched=patched, base=base.scores, source=source.scores, direction=direction, n_forward=len(cells),

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 # Light imports only at module level (--help must not wait for torch or pandas).
-from interp.cli.common import add_model_args, load_model_from_args, run_cli
+from interp.cli.common import add_model_args, check_model_args, load_model_from_args, run_cli
+from interp.cli.validate import UsageParser, at_least, writable_out
 from probes.concepts import ConceptSet, builtin_names, load_concept_set, load_idiom_tests
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ TRAINED, RANDOM = "model", "random-init baseline"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m probes.ideal_words", description=__doc__.split("\n\n")[0])
+    p = UsageParser(prog="python -m probes.ideal_words", description=__doc__.split("\n\n")[0])
     add_model_args(p)
     p.add_argument("--concepts", action="append", metavar="NAME|FILE",
                    help=f"concept set: a built-in ({', '.join(builtin_names())}) or a YAML/JSON file; "
@@ -103,6 +104,20 @@ def _image_inputs(args: argparse.Namespace, sets: list[ConceptSet]) -> tuple[Con
 
 def run(args: argparse.Namespace) -> Path:
     """Compute every table and write the report; returns the report directory."""
+    from probes.ideal_words.uses import LabelError
+
+    at_least(args.batch_size, "--batch-size")
+    if args.out.exists() and not args.overwrite:
+        raise LabelError(f"output directory {args.out} already exists: pass --overwrite or choose another --out")
+    writable_out(args.out)
+    if args.labels and not (args.image_embeddings or args.images):
+        raise LabelError("--labels given without --image-embeddings or --images: pass the images too")
+    for flag, value in (("--image-embeddings", args.image_embeddings), ("--labels", args.labels)):
+        if value and not Path(value).is_file():
+            raise LabelError(f"{flag} {value} does not exist: pass an existing file")
+    if args.images and not Path(args.images).is_dir():
+        raise LabelError(f"--images {args.images} is not a folder: pass the folder holding the images")
+    check_model_args(args)
     import pandas as pd
 
     from probes.cli.report import ReportDir, versions

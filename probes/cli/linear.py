@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 # Light imports only at module level (--help must not wait for torch, pandas or scikit-learn).
-from interp.cli.common import add_model_args, load_model_from_args, run_cli
+from interp.cli.common import add_model_args, check_model_args, load_model_from_args, run_cli
 from probes.linear.defaults import DEFAULT_C, DEFAULT_FOLDS
+from interp.cli.validate import UsageParser, at_least, positive_number, writable_out
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,7 +38,7 @@ TASKS = ("existence",)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m probes.linear", description=__doc__.split("\n\n")[0])
+    p = UsageParser(prog="python -m probes.linear", description=__doc__.split("\n\n")[0])
     add_model_args(p)
     p.add_argument("--task", required=True, choices=TASKS, help="probing task (existence: negated vs affirmative)")
     p.add_argument("--roles", default=",".join(DEFAULT_ROLES),
@@ -111,7 +112,6 @@ def _role_positions(aligned: Sequence[Any], role: str) -> list[list[int]]:
 
 def _score_fn(model: Any, args: argparse.Namespace, texts: list[str], aligned: Sequence[Any]):
     """(score function over final embeddings in ``texts`` order, target description)."""
-    import torch
 
     from interp.data.scoring import image_target_directions, score, text_target_directions
     from probes.embeddings import encode_texts
@@ -134,7 +134,39 @@ def _score_fn(model: Any, args: argparse.Namespace, texts: list[str], aligned: S
     return fn, target
 
 
+def check_args(args: argparse.Namespace) -> list[str]:
+    """Every check that needs no model, run before it loads; returns the roles."""
+    from interp.data.negation import ROLES
+    from probes.linear.probe import ProbeError
+
+    at_least(args.limit, "--limit", minimum=4)  # a probe needs at least 4 pairs
+    at_least(args.batch_size, "--batch-size")
+    at_least(args.folds, "--folds", minimum=2)
+    at_least(args.controls, "--controls")
+    positive_number(args.C, "--C")
+    roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+    bad = [r for r in roles if r not in (*ROLES, POOLED)]
+    if bad or not roles or len(set(roles)) != len(roles):
+        raise ProbeError(f"--roles {args.roles!r}: choose distinct roles from {', '.join((*ROLES, POOLED))}")
+    if args.causal_role not in roles:
+        raise ProbeError(f"--causal-role {args.causal_role!r} is not among --roles {roles}")
+    if args.causal_layer != "best":
+        try:
+            int(args.causal_layer)
+        except ValueError as err:
+            raise ProbeError(f"--causal-layer {args.causal_layer!r} is not 'best' or a layer number, e.g. 2") from err
+    if args.layers != "all":
+        _parse_layers(args.layers, 10**6)  # syntax only: the range needs the model
+    if args.images and not Path(args.images).is_dir():
+        raise ProbeError(f"--images {args.images} is not a folder: pass the folder holding the images, or drop it")
+    if args.out.exists() and not args.overwrite:
+        raise ProbeError(f"output directory {args.out} already exists: pass --overwrite or choose another --out")
+    writable_out(args.out)
+    return roles
+
+
 def run(args: argparse.Namespace) -> Path:
+    roles = check_args(args)
     import numpy as np
     import pandas as pd
 
@@ -142,11 +174,9 @@ def run(args: argparse.Namespace) -> Path:
     from probes.ideal_words.analysis import is_random_init, model_label
     from probes.linear.probe import ProbeError, causal_check, collect_role_features, fit_direction, probe_layers
 
+    check_model_args(args)
     model = load_model_from_args(args)
     layers = _parse_layers(args.layers, model.cfg.n_layers)
-    roles = [r.strip() for r in args.roles.split(",") if r.strip()]
-    if args.causal_role not in roles:
-        raise ProbeError(f"--causal-role {args.causal_role!r} is not among --roles {roles}")
     texts, labels, groups, aligned, rejected = existence_samples(model, args.data_dir, args.limit)
     positions = {r: (None if r == POOLED else _role_positions(aligned, r)) for r in roles}
     log.info("%s: %d pairs, roles %s, layers %s", model_label(model), len(aligned), roles, layers)

@@ -43,9 +43,30 @@ def load_image_embeddings(path: str | Path) -> tuple[Tensor, list[str] | None]:
     path = Path(path)
     if not path.is_file():
         raise LabelError(f"image-embedding file {path} not found: pass an existing .npy/.npz/.pt file")
+    try:
+        emb, ids = _read_embedding_file(path)
+    except LabelError:
+        raise
+    except Exception as err:  # noqa: BLE001 - numpy/torch raise many types for a damaged or foreign file
+        raise LabelError(f"image-embedding file {path} cannot be read as {path.suffix} ({type(err).__name__}: "
+                         f"{str(err)[:120]}): write it with numpy.save/numpy.savez or torch.save") from err
+    try:
+        emb = torch.as_tensor(np.asarray(emb, dtype=np.float64), dtype=torch.float64)
+    except (TypeError, ValueError) as err:
+        raise LabelError(f"image embeddings in {path} are not numbers ({err}): save a float array [n_images, d]") from err
+    if emb.ndim != 2:
+        raise LabelError(f"image embeddings in {path} must be [n_images, d], got shape {tuple(emb.shape)}")
+    if not bool(torch.isfinite(emb).all()):
+        raise LabelError(f"image embeddings in {path} hold NaN or infinite values: recompute them")
+    if bool((emb == 0).all(1).any()):
+        raise LabelError(f"image embeddings in {path} have all-zero rows (no direction to score against): recompute them")
+    return emb, ids
+
+
+def _read_embedding_file(path: Path) -> tuple[Any, list[str] | None]:
     ids = None
     if path.suffix == ".npy":
-        emb = np.load(path)
+        emb = np.load(path, allow_pickle=False)
     elif path.suffix == ".npz":
         data = np.load(path, allow_pickle=False)
         if "embeddings" not in data:
@@ -66,9 +87,6 @@ def load_image_embeddings(path: str | Path) -> tuple[Tensor, list[str] | None]:
             emb = obj
     else:
         raise LabelError(f"image-embedding file {path} must end in .npy, .npz or .pt")
-    emb = torch.as_tensor(np.asarray(emb), dtype=torch.float64)
-    if emb.ndim != 2:
-        raise LabelError(f"image embeddings in {path} must be [n_images, d], got shape {tuple(emb.shape)}")
     return emb, ids
 
 
@@ -82,7 +100,13 @@ def read_labels(path: str | Path, cs: ConceptSet, image_ids: Sequence[str] | Non
     path = Path(path)
     if not path.is_file():
         raise LabelError(f"label file {path} not found: pass a CSV with columns image,{','.join(cs.factor_names)}")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise LabelError(f"label file {path} is empty or not a CSV ({str(err)[:100]}): pass a UTF-8 CSV with "
+                         f"columns image,{','.join(cs.factor_names)} and one row per image") from err
+    if df.empty:
+        raise LabelError(f"label file {path} has a header but no rows: add one row per image")
     factors = list(factors or cs.factor_names)
     missing = [c for c in [IMAGE_COLUMN, *factors] if c not in df.columns]
     if missing:
