@@ -163,6 +163,8 @@ def load_text_checkpoint_into(tower: nn.Module, path: Path, model_name: str, pre
     expected = tower.state_dict()
     sd = {k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix) and k[len(prefix):] in expected}
     _check_fits(sd, expected, path, model_name)
+    # named as the checkpoint names them (text.* prefix included), so the message points into the file
+    check_finite_tensors(((prefix + k, v) for k, v in sd.items()), f"checkpoint {path}")
     tower.load_state_dict(sd)
     scale = checkpoint.get("logit_scale")
     return float(scale) if scale is not None else float("nan")
