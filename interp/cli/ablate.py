@@ -31,6 +31,7 @@ from interp.data.negation import ROLES, align_pairs, load_existence_pairs
 from interp.errors import ClipInterpError
 from interp.models.loading import weights_fingerprint
 from interp.runs.report import Report
+from interp.runs.cluster import ModelTask, add_cluster_arg, check_cluster, model_recipe, open_executor
 from interp.runs.rundir import RunDir, default_run_dir
 from interp.data.scoring import SEGMENT_LABELS, TEXT_MODE_NOTE, image_target_directions, score, segments, text_target_directions
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N pairs only")
     p.add_argument("--chunk", type=int, default=32, help="items per saved chunk (default 32)")
     p.add_argument("--out", default=None, help="run directory (default results/ablate/<model>/<method>/)")
+    add_cluster_arg(p)
     return p
 
 
@@ -165,6 +167,12 @@ def ablate_items(model, aligned, dirs1, dirs2, comps, args, target, means, donor
                 "effect": (ablated[c] - clean).numpy(),
             }))
     return pd.concat(frames, ignore_index=True)
+
+
+def ablate_chunk(model, payload, *, comps, args, target, means) -> pd.DataFrame:
+    """One chunk's rows (a task: runs in the driver or on a cluster worker); payload = (items, dirs1, dirs2, donors)."""
+    part, dirs1, dirs2, donors = payload
+    return ablate_items(model, part, dirs1, dirs2, comps, args, target, means, donors)
 
 
 def summarize_ablation(rows: pd.DataFrame, target: str) -> pd.DataFrame:
@@ -358,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ClipInterpError(f"--method {args.method!r} does not exist: choose one of {', '.join(METHODS)}")
     if args.limit is not None and args.limit < 1:
         raise ClipInterpError(f"--limit {args.limit} must be at least 1")
+    check_cluster(args.cluster)  # a bad --cluster fails before anything is loaded or written
     model = load_model_from_args(args).eval()
     comps = parse_components(model, args.components, args.layers)
     loaded = load_existence_pairs()
@@ -396,16 +405,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = run.items.done()
     todo = [a for a in aligned if a.pair.item_id not in done]
     log.info("%d items, %d already done, %d to run", n_items, n_items - len(todo), len(todo))
-    for start in tqdm(range(0, len(todo), args.chunk), desc="ablation chunks"):
+    payloads = []  # one task per chunk: its items, their directions and resample donors
+    for start in range(0, len(todo), args.chunk):
         part = todo[start:start + args.chunk]
         rows_idx = [index_of[a.pair.item_id] for a in part]
         donors = None
         if donor_index is not None:
             sel = rows_idx + [n_items + i for i in rows_idx]
             donors = (reference[donor_index[sel]], donor_pos[sel])
-        rows = ablate_items(model, part, dirs1[rows_idx], dirs2[rows_idx], comps, args, target, means, donors)
-        for item_id, item_rows in rows.groupby("item_id", sort=False):
-            run.items.write(item_id, item_rows)
+        payloads.append((part, dirs1[rows_idx], dirs2[rows_idx], donors))
+    task = ModelTask(model_recipe(args, model, settings["weights_fingerprint"]), ablate_chunk)
+    shared = {"comps": comps, "args": args, "target": target, "means": means}
+    with open_executor(args.cluster) as executor:
+        for _, rows in tqdm(executor.map(task, payloads, shared, name="ablate-chunk"), total=len(payloads),
+                            desc="ablation chunks"):
+            for item_id, item_rows in rows.groupby("item_id", sort=False):
+                run.items.write(item_id, item_rows)
 
     write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loaded, dirs1, dirs2, comps)
     log.info("wrote %s", run.path / "report.md")

@@ -28,13 +28,14 @@ from interp.cli.common import add_model_args, load_model_from_args, run_cli
 from interp.data.negation import ROLES, AlignedPair, align_pairs, load_existence_pairs
 from interp.errors import ClipInterpError
 from interp.models.loading import weights_fingerprint
+from interp.runs.cluster import add_cluster_arg, check_cluster, model_recipe, open_executor
 from interp.runs.rundir import RunDir, default_run_dir
 from interp.data.scoring import SEGMENT_LABELS, image_target_directions, pairwise_d, score, segments
 from interp.tracing.engine import DEFAULT_BUDGET_MB, uses_fast_path
 from interp.tracing.inputs import DIRECTIONS, MODES, NoiseConfig
 from interp.tracing.noise import DEFAULT_NOISE_ROLES, DEFAULT_NOISE_SCALE, DEFAULT_SAMPLES, embedding_std
 from interp.tracing.spec import KINDS, TraceSpec
-from interp.tracing.sweep import DEFAULT_CHUNK_ITEMS, fixed_directions, run_sweep, text_directions
+from interp.tracing.sweep import DEFAULT_CHUNK_ITEMS, fixed_directions, run_sweep
 
 log = logging.getLogger("interp.trace")
 
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-figures", action="store_true", help="skip the PNG heatmaps (tables and report only)")
+    add_cluster_arg(run)
     return parser
 
 
@@ -174,6 +176,7 @@ def clean_d(model, items: Sequence[AlignedPair], directions: torch.Tensor) -> np
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     target = check_target_args(args)
+    check_cluster(args.cluster)  # a bad --cluster fails before anything is loaded or written
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model_from_args(args)
@@ -198,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         directions = fixed_directions(dirs_all)
         target.settings = {"image_embeddings_sha256": _tensor_digest(emb)}  # the folder/file path is info only
     else:
-        directions = text_directions(model)
+        directions = None  # the text target: each chunk's task computes it with its own model
 
     selected = list(range(len(aligned)))
     out_of_segment = []
@@ -234,13 +237,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("run directory %s (%s)", run.path, "resuming" if run.resumed else "new")
 
     items = [aligned[i] for i in selected]
-    stats = run_sweep(
-        model, items, lambda chunk, idx: directions(chunk, [selected[k] for k in idx]), run.items, spec,
-        mode=args.mode, direction=args.direction, noise=noise,
-        segments=None if seg_all is None else [seg_all[i] for i in selected],
-        d_values=None if d_all is None else [float(d_all[i]) for i in selected],
-        chunk_items=args.chunk_items, budget_mb=args.budget_mb, progress=not args.no_progress,
-    )
+    with open_executor(args.cluster, args.threads) as executor:
+        stats = run_sweep(
+            model, items, None if directions is None else lambda chunk, idx: directions(chunk, [selected[k] for k in idx]),
+            run.items, spec, mode=args.mode, direction=args.direction, noise=noise,
+            segments=None if seg_all is None else [seg_all[i] for i in selected],
+            d_values=None if d_all is None else [float(d_all[i]) for i in selected],
+            chunk_items=args.chunk_items, budget_mb=args.budget_mb, progress=not args.no_progress,
+            executor=executor, recipe=model_recipe(args, model, settings["weights_fingerprint"]),
+        )
     from interp.cli.trace_report import RunContext, write_outputs
 
     context = RunContext(
