@@ -1,8 +1,10 @@
 """The Dask execution layer on a real LocalCluster of worker processes (no mocks).
 
-One cluster of 2 worker processes (1 thread each) is shared by the module. Every command's tables on
-the cluster are compared byte for byte with an in-process run; a worker SIGKILLed while it holds a
-task, a run resumed on another backend and a multi-run sweep give the same bytes again.
+One ``local:2`` cluster (2 worker processes, 1 thread each), started by the code under test, is shared
+by the module: the tests pass its scheduler address as ``--cluster``, so workers start and import
+torch once. Every command's tables on the cluster are compared byte for byte with an in-process run;
+a worker SIGKILLed while it holds a task, a run resumed on another backend and a multi-run sweep
+give the same bytes again.
 """
 
 from __future__ import annotations
@@ -56,10 +58,14 @@ def assert_same_tables(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A LocalCluster of 2 worker processes x 1 thread; yields its scheduler address."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  silence_logs=40) as local:
-        yield local.scheduler_address
+    """The ``--cluster local:2`` cluster (2 worker processes x 1 thread), started once by the code under
+    test; yields its scheduler address, which the tests pass as ``--cluster`` so the workers (and the
+    models they keep) serve every test of the module."""
+    with open_executor("local:2", threads=2) as executor:
+        assert executor.spec == ClusterSpec("local", workers=2)
+        info = executor.client.scheduler_info()
+        assert len(info["workers"]) == 2 and {w["nthreads"] for w in info["workers"].values()} == {1}
+        yield executor.client.scheduler.address
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +118,15 @@ class KillOnTask(distributed.WorkerPlugin):
         self.prefix, self.marker = prefix, marker
 
     def transition(self, key, start, finish, **kwargs):
-        if finish == "executing" and str(key).startswith(self.prefix) and not os.path.exists(self.marker):
-            Path(self.marker).write_text(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGKILL)
+        if finish != "executing" or not str(key).startswith(self.prefix):
+            return
+        try:  # O_EXCL: exactly one worker (the first to start such a task) wins and dies
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_a_worker_killed_while_holding_a_task_changes_no_byte(tmp_path, cluster, trace_reference):
@@ -151,12 +163,12 @@ def test_run_stopped_in_process_resumes_on_the_cluster(tmp_path, cluster, trace_
 
 
 # ---------------------------------------------------------------------------------------------- the sweep
-def test_sweep_runs_every_model_and_command_then_skips_finished_runs(tmp_path, capsys):
+def test_sweep_runs_every_model_and_command_then_skips_finished_runs(tmp_path, cluster):
     checkpoint = tmp_path / "tiny-seed7.pt"
     torch.save(create_open_clip_model("tiny", None, seed=7).state_dict(), checkpoint)
     plan = tmp_path / "plan.yaml"
     plan.write_text(
-        f"root: {tmp_path / 'sweep'}\ncluster: local:2\n"
+        f"root: {tmp_path / 'sweep'}\ncluster: {cluster}\n"
         f"models:\n  - {{name: tiny, pretrained: none}}\n  - {{name: tiny, pretrained: {checkpoint}}}\n"
         "tasks: [existence]\n"
         "commands:\n  trace: {target: text, limit: 2, no_figures: true, no_progress: true}\n"

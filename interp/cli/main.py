@@ -11,6 +11,7 @@ COMMANDS = {
     "trace": ("interp.cli.trace", "interp.trace"),
     "ablate": ("interp.cli.ablate", "interp.ablate"),
     "data": ("interp.cli.data", "interp.data"),
+    "sweep": ("interp.cli.sweep", "interp.sweep"),
     "bench": ("interp.benchmarks.main", "interp.bench"),
     "ideal-words": ("probes.cli.ideal_words", "probes.ideal_words"),
     "linear-probe": ("probes.cli.linear", "probes.linear"),

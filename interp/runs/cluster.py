@@ -228,6 +228,11 @@ class InProcessExecutor:
             yield index, fn(payload, **(shared or {}))
 
 
+def _shared_value(value: Any) -> Any:
+    """A task whose result is its input: how shared task inputs enter the graph."""
+    return value
+
+
 class DaskExecutor:
     """Runs tasks on a Dask cluster through ``client``; results come back as each task finishes."""
 
@@ -239,9 +244,12 @@ class DaskExecutor:
             name: str = "task") -> Iterator[tuple[int, Any]]:
         """Submit one task per payload (``shared`` sent once to every worker); yield ``(index, result)``."""
         distributed = import_distributed()
-        # scatter([v]) keeps a list-valued v whole (scatter(v) would split it into elements).
-        shared_futures = {k: self.client.scatter([v], broadcast=True, hash=False)[0] for k, v in (shared or {}).items()}
-        futures = [self.client.submit(fn, payload, pure=False, key=f"{name}-{index}-{os.urandom(4).hex()}", **shared_futures)
+        token = os.urandom(4).hex()
+        # Shared inputs are tasks, not scattered data: Dask recomputes a lost task result from its
+        # spec when the worker holding it dies, while scattered data would be lost for good.
+        shared_futures = {k: self.client.submit(_shared_value, v, pure=False, key=f"{name}-shared-{k}-{token}")
+                          for k, v in (shared or {}).items()}
+        futures = [self.client.submit(fn, payload, pure=False, key=f"{name}-{index}-{token}", **shared_futures)
                    for index, payload in enumerate(payloads)]
         position = {f.key: i for i, f in enumerate(futures)}
         try:
@@ -320,7 +328,7 @@ def _local_cluster(distributed, spec: ClusterSpec, threads: int | None):
     per_worker = max(1, _threads_total(threads) // spec.workers)
     log.info("starting a LocalCluster of %d worker processes x %d thread(s)", spec.workers, per_worker)
     return distributed.LocalCluster(n_workers=spec.workers, threads_per_worker=per_worker, processes=True,
-                                    dashboard_address=None, silence_logs=logging.WARNING)
+                                    dashboard_address=":0", silence_logs=logging.WARNING)
 
 
 def _quiet_dask_logs(stack: contextlib.ExitStack) -> None:
