@@ -242,7 +242,7 @@ class DaskExecutor:
 
     def map(self, fn: Callable[..., Any], payloads: Sequence[Any], shared: Mapping[str, Any] | None = None,
             name: str = "task") -> Iterator[tuple[int, Any]]:
-        """Submit one task per payload (``shared`` sent once to every worker); yield ``(index, result)``."""
+        """Submit one task per payload (``shared``: inputs every task takes, sent once); yield ``(index, result)``."""
         distributed = import_distributed()
         token = os.urandom(4).hex()
         # Shared inputs are tasks, not scattered data: Dask recomputes a lost task result from its
@@ -260,8 +260,8 @@ class DaskExecutor:
                     raise
                 except distributed.KilledWorker as err:
                     raise ClusterError(
-                        f"task {name} killed {err.args[0] if err.args else ''} worker after worker (Dask gives up after "
-                        "distributed.scheduler.allowed-failures deaths): check the workers' memory and logs"
+                        f"Dask gave up on task {err.args[0] if err.args else name}: each worker that ran it died "
+                        "(more often than distributed.scheduler.allowed-failures): check the workers' memory and logs"
                     ) from None
                 yield position[future.key], result
         finally:
