@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                 tables["in-process"], tables[spec] = ours[2], theirs[2]
         per_worker = max(1, args.threads // args.workers)
         torch.set_num_threads(per_worker)  # the workers' thread count: the same float reductions
-        tables["in-process-1"] = _sweep(model, items, here, None, args.chunk_items, Path(tmp) / "here-1")[2]
+        one = _sweep(model, items, here, None, args.chunk_items, Path(tmp) / "here-1")
+        tables["in-process-1"] = one[2]
         torch.set_num_threads(args.threads)
     best = {k: min(v) for k, v in results.items()}
     cpu_best = {k: min(c for _, c in v) for k, v in results.items()}
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     print("  |---|---|---|")  # noqa: T201
     for k in results:
         print(f"  | {k} | {best[k][0]:.2f} | {cpu_best[k]:.2f} |")  # noqa: T201
+    print(f"  | in-process, {per_worker} thread(s), once | {one[0]:.2f} | {one[1]:.2f} |")  # noqa: T201
     print(f"  overhead ratio {spec} / in-process: wall {best[spec][0] / best['in-process'][0]:.2f}x, "  # noqa: T201
           f"CPU {cpu_best[spec] / cpu_best['in-process']:.2f}x")
     print(f"  item tables of {spec} byte-identical to in-process with {per_worker} thread(s): "  # noqa: T201
