@@ -26,6 +26,7 @@ from interp.data.negation import ROLES, align_pairs, load_existence_pairs
 from interp.data.segment_labels import SEGMENT_LABELS
 from interp.errors import ClipInterpError
 from interp.heads.options import FURTHER_POOLS, MEAN_OVER, METHODS, SITES
+from interp.runs.cluster import ModelTask, add_cluster_arg, check_cluster, model_recipe, open_executor
 from interp.presets import PREPROCESS_PIPELINES, preset_record, preset_sentence
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N pairs only")
     p.add_argument("--chunk", type=int, default=32, help="items per saved chunk (default 32)")
     p.add_argument("--out", default=None, help="run directory (default results/ablate/<model>/<method>/)")
+    add_cluster_arg(p)
     return p
 
 
@@ -217,6 +219,12 @@ def ablate_items(model, aligned, dirs1, dirs2, comps, args, target, means, donor
                 "effect": (ablated[c] - clean).numpy(),
             }))
     return pd.concat(frames, ignore_index=True)
+
+
+def ablate_chunk(model, payload, *, comps, args, target, means) -> pd.DataFrame:
+    """One chunk's rows (a task: runs in the driver or on a cluster worker); payload = (items, dirs1, dirs2, donors)."""
+    part, dirs1, dirs2, donors = payload
+    return ablate_items(model, part, dirs1, dirs2, comps, args, target, means, donors)
 
 
 def summarize_ablation(rows: pd.DataFrame, target: str) -> pd.DataFrame:
@@ -461,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ClipInterpError(f"--images {args.images} is not a folder: pass the folder holding the images, or --target text")
     if args.image_embeddings and not Path(args.image_embeddings).is_file():
         raise ClipInterpError(f"--image-embeddings {args.image_embeddings} does not exist: pass the embeddings file, or --target text")
+    check_cluster(args.cluster)  # a bad --cluster fails before anything is loaded or written
     writable_out(args.out)
     from tqdm.auto import tqdm
 
@@ -524,16 +533,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     chunks = [aligned[start:start + args.chunk] for start in range(0, n_items, args.chunk)]
     todo = [part for part in chunks if any(a.pair.item_id not in done for a in part)]
     log.info("%d items in %d chunks, %d chunks to run", n_items, len(chunks), len(todo))
-    for part in tqdm(todo, desc="ablation chunks"):
+    payloads = []  # one task per chunk: its items, their directions and resample donors
+    for part in todo:
         rows_idx = [index_of[a.pair.item_id] for a in part]
         donors = None
         if donor_index is not None:
             sel = rows_idx + [n_items + i for i in rows_idx]
             donors = (reference[donor_index[sel]], donor_pos[sel])
-        rows = ablate_items(model, part, dirs1[rows_idx], dirs2[rows_idx], comps, args, target, means, donors)
-        for item_id, item_rows in rows.groupby("item_id", sort=False):
-            if item_id not in done:
-                run.items.write(item_id, item_rows)
+        payloads.append((part, dirs1[rows_idx], dirs2[rows_idx], donors))
+    task = ModelTask(model_recipe(args, model, settings["weights_fingerprint"]), ablate_chunk)
+    shared = {"comps": comps, "args": args, "target": target, "means": means}
+    with open_executor(args.cluster) as executor:
+        for _, rows in tqdm(executor.map(task, payloads, shared, name="ablate-chunk"), total=len(payloads),
+                            desc="ablation chunks"):
+            for item_id, item_rows in rows.groupby("item_id", sort=False):
+                if item_id not in done:
+                    run.items.write(item_id, item_rows)
 
     write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loaded, dirs1, dirs2, comps,
                   attention_aligned=all_aligned if args.attention_items == "all" else aligned)

@@ -28,6 +28,7 @@ from interp.data.negation import ROLES, align_pairs, load_existence_pairs
 from interp.data.segment_labels import SEGMENT_LABELS
 from interp.errors import ClipInterpError
 from interp.presets import PREPROCESS_PIPELINES, preset_record
+from interp.runs.cluster import add_cluster_arg, check_cluster, model_recipe, open_executor
 from interp.tracing.options import (
     DEFAULT_BUDGET_MB,
     DEFAULT_CHUNK_ITEMS,
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, help="torch CPU threads (default: the physical cores, 1 when the load average says they are busy)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-figures", action="store_true", help="skip the PNG heatmaps (tables and report only)")
+    add_cluster_arg(run)
     return parser
 
 
@@ -235,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from interp.tracing.noise import calibration_token_ids, embedding_std
     from interp.tracing.sweep import fixed_directions, run_sweep, text_directions
 
+    check_cluster(args.cluster)  # a bad --cluster fails before anything is loaded or written
     model = load_model_from_args(args)  # sets torch's threads (--threads or the automatic choice)
     _check_clip_like(model, target, args.model)
     spec = TraceSpec(model.cfg.n_layers, args.kind, args.window)
@@ -261,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         directions = fixed_directions(dirs_all)
         target.settings["image_embeddings_sha256"] = _tensor_digest(emb)  # the folder/file path is info only
     else:
-        directions = text_directions(model)
+        directions = None  # the text target: each chunk's task computes it with its own model
 
     selected = list(range(len(aligned)))
     out_of_segment = []
@@ -306,14 +309,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("run directory %s (%s)", run.path, "resuming" if run.resumed else "new")
 
     items = [aligned[i] for i in selected]
-    stats = run_sweep(
-        model, items, lambda chunk, idx: directions(chunk, [selected[k] for k in idx]), run.items, spec,
-        mode=args.mode, direction=args.direction, noise=noise,
-        segments=None if seg_all is None else [seg_all[i] for i in selected],
-        d_values=None if d_all is None else [float(d_all[i]) for i in selected],
-        chunk_items=args.chunk_items, budget_mb=args.budget_mb, progress=not args.no_progress,
-        method=args.method,
-    )
+    with open_executor(args.cluster, args.threads) as executor:
+        stats = run_sweep(
+            model, items, None if directions is None else lambda chunk, idx: directions(chunk, [selected[k] for k in idx]),
+            run.items, spec, mode=args.mode, direction=args.direction, noise=noise,
+            segments=None if seg_all is None else [seg_all[i] for i in selected],
+            d_values=None if d_all is None else [float(d_all[i]) for i in selected],
+            chunk_items=args.chunk_items, budget_mb=args.budget_mb, progress=not args.no_progress,
+            method=args.method, executor=executor, recipe=model_recipe(args, model, settings["weights_fingerprint"]),
+        )
     from interp.cli.trace_report import RunContext, write_outputs
 
     context = RunContext(
@@ -327,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     written = write_outputs(run, context, figures=not args.no_figures)
     if args.method == "atp" and args.atp_check:
-        written.append(_atp_fidelity(run, model, items[: args.atp_check], directions, selected, spec, args, noise))
+        exact_directions = text_directions(model) if directions is None else directions  # None: the text target
+        written.append(_atp_fidelity(run, model, items[: args.atp_check], exact_directions, selected, spec, args, noise))
     log.info("wrote %d files to %s (%d items traced now, %d resumed) in %.1f s",
              len(written), run.path, stats.items_computed, stats.items_skipped, stats.seconds)
     return 0

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from interp.errors import ClipInterpError
 from interp.models.tokenization import TokenBatch
-from interp.tracing.engine import PatchedScores, TraceRuns
+from interp.tracing.engine import PatchedScores, TextTarget, TraceRuns
 from interp.tracing.metric import run_scores
 from interp.tracing.spec import TraceSpec
 
@@ -74,9 +74,15 @@ def atp_patched_scores(model, runs: TraceRuns, spec: TraceSpec, *, batch_size: i
         width = _trimmed(model, sub)
         sub = TokenBatch(sub.tokens[:, :width], sub.attention_mask[:, :width], sub.pool_index,
                          sub.token_type_ids[:, :width], sub.texts).to(device)
-        target = runs.direction[idx].to(device)
         base_x0 = runs.base_x0[idx, :width].to(device)
         source_x0 = runs.source_x0[idx, :width].to(device)
+        if isinstance(runs.direction, TextTarget):  # the text target: from the clean outputs, held fixed
+            with torch.no_grad():
+                target = runs.direction.directions(model(sub, start_at_layer=0, residual=base_x0),
+                                                   model(sub, start_at_layer=0, residual=source_x0))
+            n_forward += 2
+        else:
+            target = runs.direction[idx].to(device)
         source, s_scores, _ = _states(model, sub, source_x0, names, target, with_grad=False)
         base, b_scores, grads = _states(model, sub, base_x0, names, target, with_grad=True)
         n_forward += 2

@@ -24,6 +24,8 @@ from interp.cli.common import add_model_args, check_model_args, load_model_from_
 from probes.linear.defaults import DEFAULT_C, DEFAULT_FOLDS
 from interp.cli.validate import UsageParser, at_least, positive_number, writable_out
 
+from interp.runs.cluster import add_cluster_arg, check_cluster, open_executor
+
 if TYPE_CHECKING:
     import pandas as pd
     import torch
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default 64)")
     p.add_argument("--out", required=True, type=Path, help="report directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    add_cluster_arg(p)
     return p
 
 
@@ -144,6 +147,7 @@ def check_args(args: argparse.Namespace) -> list[str]:
     at_least(args.folds, "--folds", minimum=2)
     at_least(args.controls, "--controls")
     positive_number(args.C, "--C")
+    check_cluster(args.cluster)  # a bad --cluster fails before anything is loaded or written
     roles = [r.strip() for r in args.roles.split(",") if r.strip()]
     bad = [r for r in roles if r not in (*ROLES, POOLED)]
     if bad or not roles or len(set(roles)) != len(roles):
@@ -172,7 +176,7 @@ def run(args: argparse.Namespace) -> Path:
 
     from probes.cli.report import ReportDir, versions
     from probes.ideal_words.analysis import is_random_init, model_label
-    from probes.linear.probe import ProbeError, causal_check, collect_role_features, fit_direction, probe_layers
+    from probes.linear.probe import ProbeError, causal_check, collect_role_features, fit_direction, probe_one_layer
 
     check_model_args(args)
     model = load_model_from_args(args)
@@ -182,7 +186,7 @@ def run(args: argparse.Namespace) -> Path:
     log.info("%s: %d pairs, roles %s, layers %s", model_label(model), len(aligned), roles, layers)
     feats = collect_role_features(model, texts, positions, layers=layers, batch_size=args.batch_size, progress=True)
 
-    probe_rows, dir_rows, directions = [], [], {}
+    fits = []  # one task per (role, layer) fit: (role, layer, features, labels, groups, control types)
     for role in roles:
         keep = np.ones(len(texts), dtype=bool) if positions[role] is None else \
             np.array([len(p) > 0 for p in positions[role]])
@@ -195,14 +199,18 @@ def run(args: argparse.Namespace) -> Path:
                 raise ProbeError("--control type needs token positions: it is undefined for the pooled role")
             tok = model.to_token_batch(texts).tokens
             types = [int(tok[j, positions[role][j][0]]) for j in np.flatnonzero(keep)]
-        rows = probe_layers(feats[role][:, keep], labels[keep], groups[keep], n_folds=args.folds, C=args.C,
-                            seed=args.seed, n_controls=args.controls, control_types=types, layers=layers)
-        probe_rows += [{"role": role, **r} for r in rows]
-        for i, layer in enumerate(layers):
-            d = fit_direction(feats[role][i, keep], labels[keep], C=args.C, layer=layer, role=role)
-            directions[f"{role}/L{layer}"] = d.direction.numpy()
-            dir_rows.append({"role": role, "layer": layer, "mean_pos": d.mean_pos, "mean_neg": d.mean_neg,
-                             "gap": d.gap, "train_accuracy": d.train_accuracy})
+        fits += [(role, layer, feats[role][i:i + 1, keep], labels[keep], groups[keep], types)
+                 for i, layer in enumerate(layers)]
+    shared = {"n_folds": args.folds, "C": args.C, "seed": args.seed, "n_controls": args.controls}
+    with open_executor(args.cluster) as executor:
+        results = dict(executor.map(probe_one_layer, fits, shared, name="probe-fit"))
+    probe_rows, dir_rows, directions = [], [], {}
+    for k in range(len(fits)):  # in (role, layer) order, whatever order the tasks finished in
+        row, d = results[k]
+        probe_rows.append(row)
+        directions[f"{d.role}/L{d.layer}"] = d.direction.numpy()
+        dir_rows.append({"role": d.role, "layer": d.layer, "mean_pos": d.mean_pos, "mean_neg": d.mean_neg,
+                         "gap": d.gap, "train_accuracy": d.train_accuracy})
     probe_df, dir_df = pd.DataFrame(probe_rows), pd.DataFrame(dir_rows)
     if probe_df.empty:
         raise ProbeError("no role had enough sentences to probe")
