@@ -32,13 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import pandas as pd
-
 from interp.cli.common import run_cli
 from interp.errors import ClipInterpError
 from interp.runs.cluster import cluster_address, parse_cluster
-from interp.runs.report import markdown_table
-from interp.runs.rundir import package_versions, safe_name, write_csv, write_json
 
 log = logging.getLogger("interp.sweep")
 
@@ -67,6 +63,8 @@ class PlannedRun:
 
     @property
     def name(self) -> str:
+        from interp.runs.rundir import safe_name  # pandas-free at import time: --help stays instant
+
         return f"{self.command}/{safe_name(self.model)}__{safe_name(self.pretrained)}/{safe_name(self.task)}"
 
     def argv(self, out: Path, cluster: str) -> list[str]:
@@ -158,6 +156,8 @@ def _report_of(run_dir: Path) -> str:
 
 def execute(run: PlannedRun, root: Path, cluster: str) -> dict[str, Any]:
     """Run (or skip, or resume) one planned run; return its summary row."""
+    from interp.runs.rundir import write_json
+
     run_dir = root / run.name
     argv = run.argv(run_dir, cluster)
     recorded = ["--cluster", cluster]  # the backend is not a setting: a finished run is finished on any backend
@@ -188,6 +188,11 @@ def execute(run: PlannedRun, root: Path, cluster: str) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     plan = load_plan(args.plan)
+    import pandas as pd
+
+    from interp.runs.report import markdown_table
+    from interp.runs.rundir import package_versions, write_csv, write_json
+
     runs = planned_runs(plan)
     root = Path(args.out or plan.get("root") or "results/sweep")
     spec = parse_cluster(args.cluster or plan.get("cluster") or "none")
