@@ -222,9 +222,9 @@ def test_cli_writes_the_tables(tmp_path):
 
     out = tmp_path / "out"
     code = run_cli(main, ["--model", "tiny", "--pretrained", "none", "--out", str(out),
-                          "--data-dir", str(REPO_VALSE)])
+                          "--valse-dir", str(REPO_VALSE)])
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["counts.json", "exclusions.csv", "pairs.csv", "roles.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "counts.json", "exclusions.csv", "pairs.csv", "roles.csv"]
     meta = json.loads((out / "counts.json").read_text())
     assert meta["counts"]["minimal_pairs"] == 490 and meta["counts"]["aligned"] == 490
     pairs = pd.read_csv(out / "pairs.csv")
@@ -233,5 +233,6 @@ def test_cli_writes_the_tables(tmp_path):
     roles = pd.read_csv(out / "roles.csv")
     assert len(roles) == pairs["n_tokens"].sum()
     # a user error ends with exit code 2 and one line, not a traceback
-    assert run_cli(main, ["--model", "tiny", "--pretrained", "none", "--out", str(out),
-                          "--data-dir", str(tmp_path / "nothing")]) == 2
+    assert run_cli(main, ["--model", "tiny", "--pretrained", "none", "--out", str(tmp_path / "other"),
+                          "--valse-dir", str(tmp_path / "nothing")]) == 2
+    assert not (tmp_path / "other").exists()

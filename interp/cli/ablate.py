@@ -26,7 +26,15 @@ from tqdm.auto import tqdm
 from interp.heads.ablation import METHODS, MEAN_OVER, SITES, Component, ablation_scores, check_components, reference_means, resample_donors
 from interp.heads.attention import batch_from_ids, negator_attention
 from interp.heads.direct_effects import direct_effects, direct_effects_on_d
-from interp.cli.common import add_model_args, load_model_from_args, run_cli
+from interp.cli.common import (
+    add_model_args,
+    add_run_args,
+    apply_threads,
+    check_positive,
+    load_model_from_args,
+    progress_enabled,
+    run_cli,
+)
 from interp.data.negation import ROLES, align_pairs, load_existence_pairs
 from interp.errors import ClipInterpError
 from interp.models.loading import weights_fingerprint
@@ -57,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by-role", action="store_true", help="also ablate at each token role's positions only")
     p.add_argument("--segment", default="all", choices=["all", *SEGMENT_LABELS], help="items of one d segment (needs images)")
     p.add_argument("--limit", type=int, default=None, help="first N pairs only")
-    p.add_argument("--chunk", type=int, default=32, help="items per saved chunk (default 32)")
-    p.add_argument("--out", default=None, help="run directory (default results/ablate/<model>/<method>/)")
+    p.add_argument("--valse-dir", help="folder with VALSE's existence.json (default: the packaged copy)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="items ablated together; a killed run loses at most this many (default 32)")
+    add_run_args(p, out_required=False, out_help="run directory (default results/ablate/<model>/<method>/)")
     return p
 
 
@@ -282,21 +292,21 @@ def write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loa
     quantity = "d" if target == "image" else "S(N) - S(A)"
     if len(heads_all):
         _heatmap(heads_all, "effect", f"mean change in {quantity} when ablating each head ({args.method}); layers/heads 0-indexed",
-                 run.path / "head_importance.png")
+                 run.figure_path("head_importance.png"))
         figures.append("head_importance.png")
     _heatmap(att_mean[att_mean.group == "all"], "mean_score", "negator-selective attention: mean max_q (a_N - a_A); 0-indexed",
-             run.path / "negator_attention.png")
+             run.figure_path("negator_attention.png"))
     figures.append("negator_attention.png")
     blocks = summary[(summary.role == "all") & (summary.group == "all")]
     per_layer = blocks.groupby(["layer", "kind"], as_index=False)["effect"].sum()
     from interp.runs.plots import layer_bars
 
-    layer_bars(per_layer, run.path / "per_layer.png", f"per-layer change in {quantity} ({args.method}; heads summed); 0-indexed",
+    layer_bars(per_layer, run.figure_path("per_layer.png"), f"per-layer change in {quantity} ({args.method}; heads summed); 0-indexed",
                hue="kind")
     figures.append("per_layer.png")
     if de_summary is not None:
         de_heads = de_summary[de_summary.kind == "head"]
-        _heatmap(de_heads, "direct_effect", f"mean direct effect of each head on {quantity}; 0-indexed", run.path / "direct_effects.png")
+        _heatmap(de_heads, "direct_effect", f"mean direct effect of each head on {quantity}; 0-indexed", run.figure_path("direct_effects.png"))
         figures.append("direct_effects.png")
 
     c = model.cfg
@@ -348,7 +358,7 @@ def write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loa
     rep.heading("Invariants checked").bullets([*invariants, *notes])
     rep.heading("Figures")
     for f in figures:
-        rep.image(f, f)
+        rep.image(f"figures/{f}", f)
     rep.write(run.path / "report.md")
 
 
@@ -356,11 +366,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.method not in METHODS:
         raise ClipInterpError(f"--method {args.method!r} does not exist: choose one of {', '.join(METHODS)}")
-    if args.limit is not None and args.limit < 1:
-        raise ClipInterpError(f"--limit {args.limit} must be at least 1")
+    check_positive(args.limit, "--limit")
+    check_positive(args.batch_size, "--batch-size")
+    threads = apply_threads(args)
     model = load_model_from_args(args).eval()
     comps = parse_components(model, args.components, args.layers)
-    loaded = load_existence_pairs()
+    loaded = load_existence_pairs(data_dir=args.valse_dir)
     pairs = loaded.pairs[: args.limit]
     aligned, rejected = align_pairs(pairs, model.tokenizer)
     if not aligned:
@@ -376,8 +387,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "segment": args.segment, "limit": args.limit,
     }
     out = Path(args.out) if args.out else default_run_dir("ablate", args.model, args.method)
-    run = RunDir(out, "ablate", settings, info={"device": args.device, "argv": list(argv or sys.argv[1:])})
+    info = {"device": args.device, "argv": list(argv or sys.argv[1:]), "threads": threads, "batch_size": args.batch_size}
+    with RunDir(out, "ablate", settings, info, arguments=vars(args), overwrite=args.overwrite, resumable=True) as run:
+        _ablate_into(run, args, model, comps, target, aligned, rejected, seg_excluded, loaded, dirs1, dirs2)
+        run.finish()
+    log.info("wrote %s", run.path / "report.md")
+    return 0
 
+
+def _ablate_into(run, args, model, comps, target, aligned, rejected, seg_excluded, loaded, dirs1, dirs2) -> None:
+    """Ablate the items not yet in ``run``, then write the tables, figures and report."""
     # The reference set is every selected item (fixed before any chunk runs, so resuming gives the same values).
     first, second = sentences(aligned, target)
     ref_ids = {"all": first + second, "negated": [a.tokens_negated for a in aligned],
@@ -396,8 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = run.items.done()
     todo = [a for a in aligned if a.pair.item_id not in done]
     log.info("%d items, %d already done, %d to run", n_items, n_items - len(todo), len(todo))
-    for start in tqdm(range(0, len(todo), args.chunk), desc="ablation chunks"):
-        part = todo[start:start + args.chunk]
+    for start in tqdm(range(0, len(todo), args.batch_size), desc="ablation chunks", disable=not progress_enabled(args)):
+        part = todo[start:start + args.batch_size]
         rows_idx = [index_of[a.pair.item_id] for a in part]
         donors = None
         if donor_index is not None:
@@ -408,8 +427,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             run.items.write(item_id, item_rows)
 
     write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loaded, dirs1, dirs2, comps)
-    log.info("wrote %s", run.path / "report.md")
-    return 0
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

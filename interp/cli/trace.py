@@ -24,7 +24,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from interp.cli.common import add_model_args, load_model_from_args, run_cli
+from interp.cli.common import (
+    add_model_args,
+    add_run_args,
+    apply_threads,
+    check_positive,
+    load_model_from_args,
+    progress_enabled,
+    run_cli,
+)
 from interp.data.negation import ROLES, AlignedPair, align_pairs, load_existence_pairs
 from interp.errors import ClipInterpError
 from interp.models.loading import weights_fingerprint
@@ -75,14 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     tracing.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help=f"seeded noise draws per item (noise mode; default {DEFAULT_SAMPLES})")
     tracing.add_argument("--noise-roles", default=",".join(DEFAULT_NOISE_ROLES),
                          help=f"comma-separated roles whose token embeddings get noise (noise mode; from {', '.join(ROLES)})")
-    run = parser.add_argument_group("run")
-    run.add_argument("--out", help="run directory (default results/trace/<model>/<--name or timestamp>/); rerun to resume")
+    add_run_args(parser, out_required=False,
+                 out_help="run directory (default results/trace/<model>/<--name or timestamp>/)")
+    run = parser.add_argument_group("run details")
     run.add_argument("--name", help="name of the run directory under results/trace/<model>/")
-    run.add_argument("--chunk-items", type=int, default=DEFAULT_CHUNK_ITEMS,
+    run.add_argument("--batch-size", type=int, default=DEFAULT_CHUNK_ITEMS,
                      help=f"items traced together; a killed run loses at most this many (default {DEFAULT_CHUNK_ITEMS})")
     run.add_argument("--budget-mb", type=float, default=DEFAULT_BUDGET_MB, help=f"memory budget of one batch of cells (default {DEFAULT_BUDGET_MB})")
-    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-figures", action="store_true", help="skip the PNG heatmaps (tables and report only)")
     return parser
 
@@ -108,10 +115,8 @@ def check_target_args(args: argparse.Namespace) -> Target:
             f"--segment {args.segment} needs images: segments come from the image score d = S(caption) - S(foil); "
             "pass --images DIR or --image-embeddings FILE, or drop --segment"
         )
-    if args.limit is not None and args.limit < 1:
-        raise ClipInterpError(f"--limit {args.limit} must be at least 1")
-    if args.chunk_items < 1:
-        raise ClipInterpError(f"--chunk-items {args.chunk_items} must be at least 1")
+    check_positive(args.limit, "--limit")
+    check_positive(args.batch_size, "--batch-size")
     if args.mode == "noise" and args.noise_scale <= 0:
         raise ClipInterpError(f"--noise-scale {args.noise_scale} must be positive")
     if args.images:
@@ -147,7 +152,7 @@ def image_embeddings(args: argparse.Namespace, model, target: Target, files: lis
             checkpoint = resolve_pretrained(args.model, args.pretrained)
             full = create_open_clip_model(args.model, checkpoint, device=args.device, seed=args.seed)
             emb = embed_images(full, args.model, checkpoint, args.images, files, device=args.device,
-                               progress=not args.no_progress)
+                               progress=progress_enabled(args))
     except ImageDataError as err:
         raise ClipInterpError(str(err)) from err
     if emb.shape[1] != model.cfg.d_embed:
@@ -174,8 +179,7 @@ def clean_d(model, items: Sequence[AlignedPair], directions: torch.Tensor) -> np
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     target = check_target_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = apply_threads(args)
     model = load_model_from_args(args)
     _check_clip_like(model, target, args.model)
     spec = TraceSpec(model.cfg.n_layers, args.kind, args.window)
@@ -227,19 +231,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     info = {"argv": list(sys.argv[1:] if argv is None else argv), "device": args.device, "limit": args.limit,
             "image_source": target.source,
-            "chunk_items": args.chunk_items, "budget_mb": args.budget_mb, "threads": torch.get_num_threads(),
-            "fast_path": uses_fast_path(model), "args": vars(args)}
+            "batch_size": args.batch_size, "budget_mb": args.budget_mb, "threads": threads,
+            "fast_path": uses_fast_path(model)}
     out = Path(args.out) if args.out else default_run_dir(TOOL, args.model, args.name)
-    run = RunDir(out, TOOL, settings, info)
-    log.info("run directory %s (%s)", run.path, "resuming" if run.resumed else "new")
-
     items = [aligned[i] for i in selected]
+    with RunDir(out, TOOL, settings, info, arguments=vars(args), overwrite=args.overwrite, resumable=True) as run:
+        log.info("run directory %s (%s)", run.path, "resuming" if run.resumed else "new")
+        stats, written = _trace_into(run, args, model, spec, target, existence, aligned, rejected, selected,
+                                     out_of_segment, beyond_limit, items, directions, noise, noise_info,
+                                     settings, d_all, seg_all)
+        run.finish()
+    log.info("wrote %d files to %s (%d items traced now, %d resumed) in %.1f s",
+             len(written), run.path, stats.items_computed, stats.items_skipped, stats.seconds)
+    return 0
+
+
+def _trace_into(run, args, model, spec, target, existence, aligned, rejected, selected, out_of_segment,
+                beyond_limit, items, directions, noise, noise_info, settings, d_all, seg_all):
+    """Sweep the items not yet in ``run`` and write the tables, figures and report."""
     stats = run_sweep(
         model, items, lambda chunk, idx: directions(chunk, [selected[k] for k in idx]), run.items, spec,
         mode=args.mode, direction=args.direction, noise=noise,
         segments=None if seg_all is None else [seg_all[i] for i in selected],
         d_values=None if d_all is None else [float(d_all[i]) for i in selected],
-        chunk_items=args.chunk_items, budget_mb=args.budget_mb, progress=not args.no_progress,
+        chunk_items=args.batch_size, budget_mb=args.budget_mb, progress=progress_enabled(args),
     )
     from interp.cli.trace_report import RunContext, write_outputs
 
@@ -252,10 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         item_ids=[a.pair.item_id for a in items], stats=stats, settings=settings, noise_info=noise_info,
         d_all=d_all, sides_all=[a.pair.negation_side for a in aligned],
     )
-    written = write_outputs(run, context, figures=not args.no_figures)
-    log.info("wrote %d files to %s (%d items traced now, %d resumed) in %.1f s",
-             len(written), run.path, stats.items_computed, stats.items_skipped, stats.seconds)
-    return 0
+    return stats, write_outputs(run, context, figures=not args.no_figures)
 
 
 def _tensor_digest(tensor: torch.Tensor) -> str:
