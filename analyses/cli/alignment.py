@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from analyses.alignment.procrustes import CSLS_K
 from analyses.assignment_map import AssignmentMapConfig
 from analyses.io import load_embeddings
-from analyses.cli.report import SECTIONS, ReportOptions, write_report
+from analyses.cli.report import SECTIONS, ReportOptions, check_inputs, write_report
 from analyses.validation import AnalysisInputError
+from interp.cli.common import add_run_args, apply_threads, run_settings
 
 log = logging.getLogger(__name__)
+TOOL = "alignment"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,14 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--x", help="paired embeddings of space X (.npz with 'embeddings' [n, d]; see docs/analyses.md)")
     src.add_argument("--y", help="paired embeddings of space Y, same rows in the same order")
     src.add_argument("--synthetic", type=int, metavar="N", help="instead of --x/--y: N planted synthetic pairs")
-    p.add_argument("--out", required=True, help="report directory to create")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list from {','.join(SECTIONS)} (default all)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--permutations", type=int, default=100, help="shuffled pairings for the CKA baseline (default 100)")
     p.add_argument("--rbf-max-n", type=int, default=5000, help="skip RBF CKA above this many pairs (n x n kernels)")
     p.add_argument("--layer-kernels", default="linear", help="kernels of the layer CKA matrix: linear,rbf (default linear)")
-    m = p.add_argument_group("matching (probes-spec C)")
+    m = p.add_argument_group("matching (docs/analyses.md)")
     m.add_argument("--n-base", type=int, default=320, help="known base pairs (default 320)")
     m.add_argument("--n-query", type=int, default=500, help="query pairs to match (default 500)")
     m.add_argument("--match-seeds", default="0,1,2", help="comma list of split seeds (default 0,1,2)")
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--stretching", action="store_true", help="standardise each dimension first")
     m.add_argument("--base-selection", choices=("random", "kmeans"), default="random")
     m.add_argument("--match-kernel", choices=("linear", "rbf"), default="linear")
-    a = p.add_argument_group("alignment (probes-spec D) and maps (E)")
+    a = p.add_argument_group("alignment and linear maps (docs/analyses.md)")
     a.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     a.add_argument("--csls-k", type=int, default=CSLS_K, help=f"CSLS neighbourhood (default {CSLS_K})")
     a.add_argument("--map-epochs", type=int, default=AssignmentMapConfig.epochs)
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra epochs until this many optimizer steps (default %(default)s)")
     a.add_argument("--map-temperature", type=float, default=AssignmentMapConfig.temperature)
     p.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    add_run_args(p, out_help="run directory for the report")
     return p
 
 
@@ -85,8 +86,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         map_config=AssignmentMapConfig(epochs=args.map_epochs, min_steps=args.map_min_steps,
                                        temperature=args.map_temperature, seed=args.seed),
     )
-    out = write_report(x, y, args.out, opts, sources=sources, args=vars(args), overwrite=args.overwrite)
-    log.info("wrote %s", out)
+    check_inputs(x, y, opts)
+    apply_threads(args)
+    from interp.runs.rundir import RunDir, file_sha256
+
+    inputs = {"x_sha256": None, "y_sha256": None} if args.synthetic is not None else \
+        {"x_sha256": file_sha256(args.x), "y_sha256": file_sha256(args.y)}
+    with RunDir(args.out, TOOL, run_settings(args, **inputs), arguments=vars(args), overwrite=args.overwrite,
+                resumable=False) as run:
+        if run.complete:
+            log.info("%s already holds this run (same settings): nothing to do", run.path)
+            return 0
+        write_report(x, y, run, opts, sources=sources)
+        run.finish()
+    log.info("wrote %s", run.path)
     return 0
 
 

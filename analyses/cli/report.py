@@ -9,11 +9,7 @@ tables. Everything is written into a temporary directory renamed into place at t
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +25,7 @@ from analyses.similarity import cka_matrix, permutation_test
 from analyses.validation import AnalysisInputError
 from interp.runs.plots import pyplot_and_seaborn
 from interp.runs.report import markdown_table
-from interp.runs.rundir import package_versions
+from interp.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +69,17 @@ def _pairs_from_groups(groups: np.ndarray | None, n: int) -> np.ndarray:
     return np.concatenate(pairs)
 
 
-def compute_tables(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions) -> dict[str, pd.DataFrame]:
-    """All report tables (one DataFrame per CSV), computed from the two embedding sets."""
+def check_inputs(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions) -> None:
+    """Refuse unpaired inputs and unknown sections before any work (and before a run folder exists)."""
     check_pairing(x, y)
     unknown = set(opts.sections) - set(SECTIONS)
     if unknown:
         raise AnalysisInputError(f"unknown report section(s) {sorted(unknown)}: choose from {SECTIONS}.")
+
+
+def compute_tables(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions) -> dict[str, pd.DataFrame]:
+    """All report tables (one DataFrame per CSV), computed from the two embedding sets."""
+    check_inputs(x, y, opts)
     tables: dict[str, pd.DataFrame] = {}
     n = x.n
     if "cka" in opts.sections:
@@ -122,7 +123,7 @@ def compute_tables(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions) -> dic
     return tables
 
 
-def _figures(tables: dict[str, pd.DataFrame], out: Path) -> list[str]:
+def _figures(tables: dict[str, pd.DataFrame], run: RunDir) -> list[str]:
     plt, sns = pyplot_and_seaborn()
 
     written = []
@@ -134,9 +135,8 @@ def _figures(tables: dict[str, pd.DataFrame], out: Path) -> list[str]:
                         xticklabels=part.drop_duplicates("y_index")["y_layer"],
                         yticklabels=part.drop_duplicates("x_index")["x_layer"])
             ax.set(xlabel="Y layer", ylabel="X layer", title=f"{kernel} CKA by layer")
-            fig.savefig(out / f"cka_layers_{kernel}.png", dpi=100, bbox_inches="tight")
-            plt.close(fig)
-            written.append(f"cka_layers_{kernel}.png")
+            run.save_figure(fig, f"cka_layers_{kernel}.png", dpi=100)
+            written.append(f"figures/cka_layers_{kernel}.png")
     if "alignment" in tables:
         long = tables["alignment"].melt(id_vars=["fold", "retrieval"], value_vars=[f"P@{k}" for k in PRECISION_KS],
                                         var_name="k", value_name="precision")
@@ -144,9 +144,8 @@ def _figures(tables: dict[str, pd.DataFrame], out: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         sns.lineplot(long, x="k", y="precision", hue="retrieval", marker="o", errorbar="sd", ax=ax)
         ax.set(xscale="log", ylim=(0, 1.02), title="Procrustes retrieval, P@k (mean ± sd over folds)")
-        fig.savefig(out / "pk_curves.png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append("pk_curves.png")
+        run.save_figure(fig, "pk_curves.png", dpi=100)
+        written.append("figures/pk_curves.png")
     return written
 
 
@@ -188,38 +187,25 @@ def describe(data: EmbeddingSet) -> str:
             f"{meta.get('tower', '?')} tower")
 
 
-def write_report(
-    x: EmbeddingSet, y: EmbeddingSet, out: str | os.PathLike, opts: ReportOptions, *,
-    sources: tuple[str, str] = ("<memory>", "<memory>"), args: dict[str, Any] | None = None, overwrite: bool = False,
-) -> Path:
-    """Compute every table and write the report directory ``out`` (atomically: temp dir then rename)."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise AnalysisInputError(f"output directory {out} exists: pass --overwrite or choose another --out.")
+def report_inputs(x: EmbeddingSet, y: EmbeddingSet, sources: tuple[str, str]) -> dict[str, Any]:
+    """What config.json says about the two inputs (paths, descriptions, metadata, sizes)."""
+    return {"n": x.n,
+            "x": {"path": sources[0], "description": describe(x), "meta": x.meta, "dim": x.embeddings.shape[1],
+                  "layers": x.layer_names},
+            "y": {"path": sources[1], "description": describe(y), "meta": y.meta, "dim": y.embeddings.shape[1],
+                  "layers": y.layer_names}}
+
+
+def write_report(x: EmbeddingSet, y: EmbeddingSet, run: RunDir, opts: ReportOptions, *,
+                 sources: tuple[str, str] = ("<memory>", "<memory>")) -> Path:
+    """Compute every table and write them, the figures, report.md and the config sections into ``run``."""
     tables = compute_tables(x, y, opts)
-    config = {
-        "args": args or {}, "options": opts.as_dict(), "versions": package_versions(),
-        "inputs": {"n": x.n,
-                   "x": {"path": sources[0], "description": describe(x), "meta": x.meta, "dim": x.embeddings.shape[1],
-                         "layers": x.layer_names},
-                   "y": {"path": sources[1], "description": describe(y), "meta": y.meta, "dim": y.embeddings.shape[1],
-                         "layers": y.layer_names}},
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        for name, table in tables.items():
-            table.to_csv(tmp / f"{name}.csv", index=False)
-        figures = _figures(tables, tmp)
-        config["tables"] = sorted(f"{name}.csv" for name in tables)
-        config["figures"] = figures
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
-        (tmp / "report.md").write_text(_markdown(tables, config, figures))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("report written to %s", out)
-    return out
+    for name, table in tables.items():
+        run.write_table(table, f"{name}.csv")
+    figures = _figures(tables, run)
+    config = {"options": opts.as_dict(), "inputs": report_inputs(x, y, sources),
+              "tables": sorted(f"{name}.csv" for name in tables), "figures": figures}
+    run.record(**config)
+    run.write_text(_markdown(tables, config, figures), "report.md")
+    log.info("report written to %s", run.path)
+    return run.path

@@ -20,8 +20,6 @@ truncates there, so they never take part. tests/test_bert.py proves parity with 
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import importlib
 import json
 import logging
@@ -37,6 +35,7 @@ from interp.models.config import ConfigError, TextEncoderConfig
 from interp.models.convert import _bias_heads, _heads_in, _heads_out  # one named-axis split for every format
 from interp.models.text_encoder import HookedTextEncoder
 from interp.errors import CheckpointMismatchError, UnknownModelError, WeightsUnavailableError
+from interp.files import file_sha256
 from interp.models.tokenization import TokenBatch, TokenizationError, _batch, _check_texts, _pad_width
 
 log = logging.getLogger(__name__)
@@ -298,21 +297,6 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user error
         raise CheckpointMismatchError(f"cannot read checkpoint {path}: {err}") from err
-
-
-@functools.lru_cache(maxsize=8)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file (cached per path, size and modification time within a process)."""
-    stat = Path(path).stat()
-    return _sha256_cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 # ---------------------------------------------------------------------------------------- loaders

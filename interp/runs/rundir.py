@@ -21,15 +21,14 @@ The contract (:class:`RunDir`), the same for every command:
 - Ctrl-C or an error: a resumable run keeps its finished items (and says so); a one-shot run removes
   everything it wrote (and says so).
 
-Every file is written through :func:`atomic_path` (a temporary name beside the target, renamed into
-place), so no half-written file ever carries a final name. Floats round-trip exactly through the
+Every file is written through :func:`interp.files.atomic_path` (a temporary name beside the target,
+renamed into place), so no half-written file ever carries a final name. Floats round-trip exactly through the
 CSVs (:func:`write_csv` / :func:`read_csv`), so a resumed run's tables equal an uninterrupted run's
 bit for bit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as _dt
 import errno
@@ -42,11 +41,11 @@ import platform
 import re
 import shutil
 import socket
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from interp.errors import ClipInterpError
+from interp.files import TMP_SUFFIX, atomic_path, atomic_write_text, file_sha256, save_figure  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:  # pandas is imported where tables are written, not at import (keeps --help fast)
     import pandas as pd
@@ -57,7 +56,6 @@ CONFIG_NAME = "config.json"
 ITEMS_DIR = "items"
 FIGURES_DIR = "figures"
 LOCK_NAME = ".lock"
-TMP_SUFFIX = ".tmp"
 DEFAULT_RESULTS_ROOT = Path("results")
 # Packages whose versions every run records.
 VERSIONED_PACKAGES = (
@@ -83,34 +81,6 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 # ---------------------------------------------------------------------------------------- files
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it to ``path``, on failure remove it.
-
-    The one atomic writer of the toolkit: text, tables, JSON, arrays and figures all go through it.
-    The temporary name ends in ``.tmp`` so a resumed run can find and remove leftovers.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-    return Path(path)
-
-
 def write_csv(frame: "pd.DataFrame", path: str | os.PathLike) -> Path:
     """Write a table as CSV (exact float round trip with :func:`read_csv`), atomically."""
     return atomic_write_text(path, frame.to_csv(index=False))
@@ -128,25 +98,6 @@ def read_csv(path: str | os.PathLike, **kwargs: Any) -> "pd.DataFrame":
 
 def write_json(data: Any, path: str | os.PathLike) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def save_figure(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> Path:
-    """Save a matplotlib figure atomically (the format comes from ``path``'s suffix)."""
-    path = Path(path)
-    savefig_kwargs.setdefault("dpi", 120)
-    savefig_kwargs.setdefault("bbox_inches", "tight")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
-    return path
-
-
-def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file's bytes, read in chunks (the toolkit's one file hash)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk_bytes), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------- config

@@ -1,6 +1,6 @@
 """``python -m probes.ideal_words``: ideal-word report for concept sets on a hooked encoder.
 
-Writes a report directory: ``config.json``, ``versions.json``, tables (``metrics.csv`` one row per
+Writes a run directory: ``config.json`` (arguments, models, concept sets, versions), tables (``metrics.csv`` one row per
 model x concept set x layer; ``residuals.csv`` one row per model x set x layer x combination;
 ``ideal_words.csv``; ``idioms.csv``; with images ``zero_shot.csv``/``zero_shot_predictions.csv``;
 with ``--debias-class`` ``debias.csv``), ``figures/*.png`` drawn from those tables, and ``report.md``.
@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from interp.cli.common import add_model_args, load_model_from_args, run_cli
+from interp.cli.common import add_model_args, add_run_args, apply_threads, check_positive, load_model_from_args, run_cli, run_settings
 from probes.concepts import ConceptSet, builtin_names, load_concept_set, load_idiom_tests
 from probes.ideal_words.decomposition import DecompositionError, alphas_from_mapping, parse_alpha_args
 from probes.ideal_words.analysis import (
@@ -31,9 +31,12 @@ from probes.ideal_words.analysis import (
     residual_rows,
 )
 from probes.ideal_words.uses import LabelError, debias_tables, load_image_embeddings, read_labels, zero_shot_tables
-from probes.cli.report import ReportDir, markdown_table, pyplot, versions
+from interp.models.loading import weights_fingerprint
+from interp.runs.rundir import RunDir, file_sha256
+from probes.cli.report import markdown_table, pyplot
 
 log = logging.getLogger(__name__)
+TOOL = "ideal_words"
 
 TRAINED, RANDOM = "model", "random-init baseline"
 
@@ -61,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--debias-class", metavar="FACTOR",
                    help="debias this factor's class prompts by averaging over the other factors")
     p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
-    p.add_argument("--out", required=True, type=Path, help="report directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    add_run_args(p, out_help="run directory for the report")
     return p
 
 
@@ -107,6 +109,8 @@ def _image_inputs(args: argparse.Namespace, sets: list[ConceptSet]) -> tuple[Con
 
 def run(args: argparse.Namespace) -> Path:
     """Compute every table and write the report; returns the report directory."""
+    check_positive(args.batch_size, "--batch-size")
+    apply_threads(args)
     spec = parse_alpha_args(args.alpha)
     sets = [load_concept_set(c) for c in (args.concepts or builtin_names())]
     if len({cs.name for cs in sets}) != len(sets):
@@ -120,7 +124,26 @@ def run(args: argparse.Namespace) -> Path:
     if not is_random_init(model) and not args.no_baseline:
         models.append((RANDOM, random_baseline(model, args.seed)))
     image_inputs = _image_inputs(args, sets)
+    settings = run_settings(args, concepts=[cs.to_dict() for cs in sets], idiom_tests=[t.name for t in idioms],
+                            weights_fingerprint=weights_fingerprint(model),
+                            image_embeddings=file_sha256(args.image_embeddings) if args.image_embeddings else None,
+                            labels=file_sha256(args.labels) if args.labels else None)
+    with RunDir(args.out, TOOL, settings, arguments=vars(args), overwrite=args.overwrite, resumable=False) as rd:
+        if rd.complete:
+            log.info("%s already holds this run (same settings): nothing to do", rd.path)
+            return rd.path
+        frames, config = _compute(args, sets, alphas, idioms, models, image_inputs, spec)
+        rd.record(**config)
+        for name, df in frames.items():
+            rd.write_table(df, f"{name}.csv")
+        draw_figures(rd, frames)
+        rd.write_text(render_markdown(config, frames), "report.md")
+        rd.finish()
+    return rd.path
 
+
+def _compute(args, sets, alphas, idioms, models, image_inputs, spec) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """Every table of the report, and the description of the run recorded in config.json."""
     tables: dict[str, list[pd.DataFrame] | list[dict]] = {k: [] for k in
                                                           ("metrics", "residuals", "ideal_words", "idioms")}
     zs_acc, zs_pred, debias = [], [], []
@@ -148,8 +171,6 @@ def run(args: argparse.Namespace) -> Path:
     if debias:
         frames["debias"] = pd.concat(debias, ignore_index=True)
     config = {
-        "command": "python -m probes.ideal_words",
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "models": {kind: {"label": model_label(m), "config": m.cfg.to_dict()} for kind, m in models},
         "concept_sets": [cs.to_dict() for cs in sets],
         "idiom_tests": [t.name for t in idioms],
@@ -157,17 +178,10 @@ def run(args: argparse.Namespace) -> Path:
         "normalisation": "every embedding L2-normalised once (per layer for residuals), never re-normalised",
         "baseline": "same architecture, HookedTextEncoder.init_weights(seed)" if len(models) > 1 else None,
     }
-    with ReportDir(args.out, overwrite=args.overwrite) as rep:
-        rep.json(config, "config.json")
-        rep.json(versions(), "versions.json")
-        for name, df in frames.items():
-            rep.table(df, name)
-        draw_figures(rep, frames)
-        rep.text(render_markdown(config, frames), "report.md")
-    return args.out
+    return frames, config
 
 
-def draw_figures(rep: ReportDir, frames: dict[str, pd.DataFrame]) -> None:
+def draw_figures(rep: RunDir, frames: dict[str, pd.DataFrame]) -> None:
     """Figures drawn only from the tables."""
     plt, sns = pyplot()
     m = frames["metrics"]
@@ -179,18 +193,18 @@ def draw_figures(rep: ReportDir, frames: dict[str, pd.DataFrame]) -> None:
             sns.lineplot(data=layers, x="layer", y=col, hue="concept_set", style="model_kind", marker="o", ax=ax)
             ax.set_title(f"{col} of the pooled residual per layer")
             ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-        rep.figure(fig, "iw_by_layer")
+        rep.save_figure(fig, "iw_by_layer.png")
     final = m[m["layer"] == "final"].melt(id_vars=["model_kind", "concept_set"], value_vars=["IW", "RW", "Avg"],
                                           var_name="metric")
     g = sns.catplot(data=final, x="concept_set", y="value", hue="model_kind", col="metric", kind="bar",
                     height=3.5, sharey=False)
     g.set_xticklabels(rotation=30)
-    rep.figure(g.figure, "metrics_final")
+    rep.save_figure(g.figure, "metrics_final.png")
     if not frames["idioms"].empty:
         idi = frames["idioms"].melt(id_vars=["model_kind", "test"], value_vars=["idiom_IW", "control_IW"],
                                     var_name="set", value_name="IW")
         g = sns.catplot(data=idi, x="test", y="IW", hue="set", col="model_kind", kind="bar", height=3.5)
-        rep.figure(g.figure, "idioms")
+        rep.save_figure(g.figure, "idioms.png")
 
 
 def render_markdown(config: dict[str, Any], frames: dict[str, pd.DataFrame]) -> str:
@@ -229,7 +243,7 @@ def render_markdown(config: dict[str, Any], frames: dict[str, pd.DataFrame]) -> 
         lines += ["## Debiasing", "", markdown_table(frames["debias"], ["model_kind", "concept_set", "kind", "class", "value"]), ""]
     lines += ["![final metrics](figures/metrics_final.png)", "",
               "Tables: metrics.csv, residuals.csv, ideal_words.csv, idioms.csv" +
-              (", zero_shot.csv" if "zero_shot" in frames else "") + "; config.json and versions.json beside them."]
+              (", zero_shot.csv" if "zero_shot" in frames else "") + "; config.json (arguments, models, versions) beside them."]
     return "\n".join(lines) + "\n"
 
 

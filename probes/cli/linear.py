@@ -7,7 +7,8 @@ encoder's pooled read-out, ...) and layer: accuracy, control accuracy, selectivi
 the chosen (role, layer) is then checked causally: removed from N and added to A at that layer
 through a hook, with the text target score ``cos(x, e_N) - cos(x, e_A)`` (or CLIP's S with images).
 
-Writes ``config.json``, ``versions.json``, ``probe.csv`` (one row per role x layer), ``directions.csv``
+Writes a run directory: ``config.json`` (arguments, model, versions), ``probe.csv`` (one row per role x
+layer), ``directions.csv``
 + ``directions.npz`` (the exported directions), ``causal.csv`` (one row per sentence x direction
 kind), ``rejected.csv`` (pairs that could not be token-aligned), ``figures/`` and ``report.md``.
 """
@@ -23,7 +24,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp.cli.common import add_model_args, load_model_from_args, run_cli
+from interp.cli.common import (
+    add_model_args,
+    add_run_args,
+    apply_threads,
+    check_positive,
+    load_model_from_args,
+    progress_enabled,
+    run_cli,
+    run_settings,
+)
 from probes.ideal_words.analysis import is_random_init, model_label
 from probes.linear.probe import (
     DEFAULT_C,
@@ -34,9 +44,12 @@ from probes.linear.probe import (
     fit_direction,
     probe_layers,
 )
-from probes.cli.report import ReportDir, markdown_table, pyplot, versions
+from interp.models.loading import weights_fingerprint
+from interp.runs.rundir import RunDir, atomic_path
+from probes.cli.report import markdown_table, pyplot
 
 log = logging.getLogger(__name__)
+TOOL = "linear_probe"
 
 POOLED = "pooled"
 DEFAULT_ROLES = ("negator", "first_subject", "period", POOLED)
@@ -62,10 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layer of the causal check: 'best' (highest selectivity of --causal-role) or a number")
     p.add_argument("--images", metavar="DIR", help="Visual7W images: score with CLIP's S instead of the text target")
     p.add_argument("--limit", type=int, help="use only the first N aligned pairs (smoke runs)")
-    p.add_argument("--data-dir", help="folder holding VALSE existence.json (default: the toolkit's lookup order)")
+    p.add_argument("--valse-dir", help="folder holding VALSE existence.json (default: the toolkit's lookup order)")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default 64)")
-    p.add_argument("--out", required=True, type=Path, help="report directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    add_run_args(p, out_help="run directory for the report")
     return p
 
 
@@ -134,15 +146,32 @@ def _score_fn(model: Any, args: argparse.Namespace, texts: list[str], aligned: S
 
 
 def run(args: argparse.Namespace) -> Path:
+    """Validate the arguments, then probe and write the run directory; returns it."""
+    check_positive(args.limit, "--limit")
+    check_positive(args.batch_size, "--batch-size")
+    apply_threads(args)
     model = load_model_from_args(args)
     layers = _parse_layers(args.layers, model.cfg.n_layers)
     roles = [r.strip() for r in args.roles.split(",") if r.strip()]
     if args.causal_role not in roles:
         raise ProbeError(f"--causal-role {args.causal_role!r} is not among --roles {roles}")
-    texts, labels, groups, aligned, rejected = existence_samples(model, args.data_dir, args.limit)
+    settings = run_settings(args, weights_fingerprint=weights_fingerprint(model))
+    with RunDir(args.out, TOOL, settings, arguments=vars(args), overwrite=args.overwrite, resumable=False) as rd:
+        if rd.complete:
+            log.info("%s already holds this run (same settings): nothing to do", rd.path)
+            return rd.path
+        _probe_into(rd, args, model, layers, roles)
+        rd.finish()
+    return rd.path
+
+
+def _probe_into(rd: RunDir, args: argparse.Namespace, model: Any, layers: list[int], roles: list[str]) -> None:
+    """Probe every (role, layer), check the chosen direction causally, write tables, figures and report."""
+    texts, labels, groups, aligned, rejected = existence_samples(model, args.valse_dir, args.limit)
     positions = {r: (None if r == POOLED else _role_positions(aligned, r)) for r in roles}
     log.info("%s: %d pairs, roles %s, layers %s", model_label(model), len(aligned), roles, layers)
-    feats = collect_role_features(model, texts, positions, layers=layers, batch_size=args.batch_size, progress=True)
+    feats = collect_role_features(model, texts, positions, layers=layers, batch_size=args.batch_size,
+                                  progress=progress_enabled(args))
 
     probe_rows, dir_rows, directions = [], [], {}
     for role in roles:
@@ -190,25 +219,21 @@ def run(args: argparse.Namespace) -> Path:
     causal.insert(2, "text", [texts[s] for s in causal["sample"]])
 
     config = {
-        "command": "python -m probes.linear",
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "model": {"label": model_label(model), "random_init": is_random_init(model), "config": model.cfg.to_dict()},
         "n_pairs": len(aligned), "n_rejected": len(rejected), "layers": layers, "roles": roles,
         "causal": {"role": args.causal_role, "layer": causal_layer, "target": target,
                    "shift": "class-mean gap along the unit probe direction; removed from N, added to A",
                    "control": "random unit direction, same shift"},
     }
-    with ReportDir(args.out, overwrite=args.overwrite) as rep:
-        rep.json(config, "config.json")
-        rep.json(versions(), "versions.json")
-        rep.table(probe_df, "probe")
-        rep.table(dir_df, "directions")
-        np.savez(rep.path("directions.npz"), **directions)
-        rep.table(causal, "causal")
-        rep.table(rejected, "rejected")
-        draw_figures(rep, probe_df, causal)
-        rep.text(render_markdown(config, probe_df, causal), "report.md")
-    return args.out
+    rd.record(**config)
+    rd.write_table(probe_df, "probe.csv")
+    rd.write_table(dir_df, "directions.csv")
+    with atomic_path(rd.file("directions.npz")) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **directions)
+    rd.write_table(causal, "causal.csv")
+    rd.write_table(rejected, "rejected.csv")
+    draw_figures(rd, probe_df, causal)
+    rd.write_text(render_markdown(config, probe_df, causal), "report.md")
 
 
 def causal_summary(causal: pd.DataFrame) -> pd.DataFrame:
@@ -218,19 +243,19 @@ def causal_summary(causal: pd.DataFrame) -> pd.DataFrame:
             .reset_index())
 
 
-def draw_figures(rep: ReportDir, probe_df: pd.DataFrame, causal: pd.DataFrame) -> None:
+def draw_figures(rep: RunDir, probe_df: pd.DataFrame, causal: pd.DataFrame) -> None:
     plt, sns = pyplot()
     long = probe_df.melt(id_vars=["role", "layer"], value_vars=["accuracy", "control_accuracy", "selectivity"],
                          var_name="measure")
     g = sns.relplot(data=long, x="layer", y="value", hue="role", col="measure", kind="line", marker="o", height=3.5)
     for ax in g.axes.flat:
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    rep.figure(g.figure, "probe_by_layer")
+    rep.save_figure(g.figure, "probe_by_layer.png")
     fig, ax = plt.subplots(figsize=(6, 4))
     sns.stripplot(data=causal, x="intervention", y="change", hue="direction", dodge=True, size=3, alpha=0.6, ax=ax)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_title("score change when the direction is removed (N) / added (A)")
-    rep.figure(fig, "causal")
+    rep.save_figure(fig, "causal.png")
 
 
 def render_markdown(config: dict[str, Any], probe_df: pd.DataFrame, causal: pd.DataFrame) -> str:
@@ -252,8 +277,8 @@ def render_markdown(config: dict[str, Any], probe_df: pd.DataFrame, causal: pd.D
     lines += [f"## Causal check: role {c['role']}, layer {c['layer']}", "",
               f"Target: {c['target']}. Shift: {c['shift']}; control: {c['control']}.", "",
               markdown_table(causal_summary(causal)), "", "![causal](figures/causal.png)", "",
-              "Tables: probe.csv, directions.csv (+ directions.npz), causal.csv, rejected.csv; config.json and "
-              "versions.json beside them."]
+              "Tables: probe.csv, directions.csv (+ directions.npz), causal.csv, rejected.csv; config.json (arguments, model, "
+              "versions) beside them."]
     return "\n".join(lines) + "\n"
 
 
