@@ -224,7 +224,7 @@ def test_cli_writes_the_tables(tmp_path):
     code = run_cli(main, ["--model", "tiny", "--pretrained", "none", "--out", str(out),
                           "--valse-dir", str(REPO_VALSE)])
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "counts.json", "exclusions.csv", "pairs.csv", "roles.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "counts.json", "exclusions.csv", "pairs.csv", "report.md", "roles.csv"]
     meta = json.loads((out / "counts.json").read_text())
     assert meta["counts"]["minimal_pairs"] == 490 and meta["counts"]["aligned"] == 490
     pairs = pd.read_csv(out / "pairs.csv")

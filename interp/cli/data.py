@@ -4,7 +4,7 @@ Outputs (in ``--out``, a run directory under the toolkit's run contract): ``conf
 counts, model, tokenizer, versions), ``counts.json`` (the counts alone), ``pairs.csv`` (one row per
 minimal pair, with its token length under the model's tokenizer or the rejection reason),
 ``exclusions.csv`` (items outside the set, with reasons), ``roles.csv`` (one row per item and
-position). Only the model's tokenizer is used; ``--pretrained none`` is enough (no weights needed).
+position), ``report.md``. Only the model's tokenizer is used; ``--pretrained none`` is enough (no weights needed).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from interp.data.negation import align_pairs, load_existence_pairs, role_table
     from interp.models.loading import weights_fingerprint
+    from interp.runs.report import Report
     from interp.runs.rundir import RunDir
 
     args = build_parser().parse_args(argv)
@@ -68,6 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         run.write_table(pd.DataFrame([vars(e) for e in result.exclusions], columns=["item_id", "reason"]), "exclusions.csv")
         run.write_table(role_table(aligned), "roles.csv")
         run.write_json({"counts": counts, "valid_only": not args.all_items}, "counts.json")
+        Report("VALSE existence minimal pairs").bullets([
+            f"Tokenizer of `{model.cfg.model_name}` (weights are not used by this table).",
+            f"{result.counts['raw']} items in the file, {result.counts['valid']} valid, "
+            f"{result.counts['minimal_pairs']} minimal pairs; {len(pairs_kept)} kept"
+            + (f" (--limit {args.limit})" if args.limit else "") + f", {len(aligned)} token-aligned, {len(rejected)} rejected.",
+            "Tables: `pairs.csv` (one row per pair), `exclusions.csv` (items outside the set, with reasons), "
+            "`roles.csv` (one row per item and position), `counts.json`.",
+        ]).write(run.file("report.md"))
         run.record(counts=counts, model={"name": model.cfg.model_name, "pretrained": str(model.cfg.pretrained),
                                          "tokenizer": getattr(model.tokenizer, "name", type(model.tokenizer).__name__)})
         run.finish()

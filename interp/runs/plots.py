@@ -29,7 +29,7 @@ def _pyplot():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    return save_figure(fig, path, dpi=120, bbox_inches="tight")
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")  # the one atomic writer (interp.files)
 
 
 def _finish(plt, fig, ax, path: str | os.PathLike, title: str, xlabel: str, ylabel: str = "",
@@ -103,6 +103,6 @@ def layer_bars(
     return _finish(plt, fig, ax, path, title, xlabel, y, title_size=9)
 
 
-# Public names for callers drawing their own figures with the same backend and atomic save.
+# Public name for callers drawing their own figures with the same backend (save them with
+# interp.files.save_figure or RunDir.save_figure).
 pyplot_and_seaborn = _pyplot
-save_figure = _save
