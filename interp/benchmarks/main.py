@@ -14,8 +14,12 @@ BENCHMARKS = {"trace": "interp.benchmarks.trace", "ablate": "interp.benchmarks.a
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    usage = f"usage: python -m interp.bench {{{'|'.join(BENCHMARKS)}}} [options]"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)  # noqa: T201 - the answer to --help
+        return 0
     if not argv or argv[0] not in BENCHMARKS:
-        print(f"usage: python -m interp.bench {{{'|'.join(BENCHMARKS)}}} [options]", file=sys.stderr)  # noqa: T201
+        print(usage, file=sys.stderr)  # noqa: T201
         return 2
     module = importlib.import_module(BENCHMARKS[argv[0]])
     return int(module.main(argv[1:]) or 0)
