@@ -35,12 +35,23 @@ from interp.cli.common import (
     progress_enabled,
     run_cli,
 )
-from interp.data.negation import ROLES, align_pairs, load_existence_pairs
+from interp.data.existence import (
+    IMAGE,
+    TEXT,
+    check_target,
+    clean_d,
+    image_directions,
+    image_embeddings,
+    load_aligned,
+    select_segment,
+    text_directions,
+)
+from interp.data.negation import ROLES
 from interp.errors import ClipInterpError
 from interp.models.loading import weights_fingerprint
 from interp.runs.report import Report
 from interp.runs.rundir import RunDir, default_run_dir
-from interp.data.scoring import SEGMENT_LABELS, TEXT_MODE_NOTE, image_target_directions, score, segments, text_target_directions
+from interp.data.scoring import SEGMENT_LABELS, TEXT_MODE_NOTE, score
 
 log = logging.getLogger("interp.ablate")
 KIND_CHOICES = ("head", "attn", "mlp")
@@ -64,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="comma list of 0-indexed layers (default all)")
     p.add_argument("--by-role", action="store_true", help="also ablate at each token role's positions only")
     p.add_argument("--segment", default="all", choices=["all", *SEGMENT_LABELS], help="items of one d segment (needs images)")
-    p.add_argument("--limit", type=int, default=None, help="first N pairs only")
+    p.add_argument("--limit", type=int, default=None, help="first N token-aligned pairs only (taken before --segment)")
     p.add_argument("--valse-dir", help="folder with VALSE's existence.json (default: the packaged copy)")
     p.add_argument("--batch-size", type=int, default=32,
                    help="items ablated together; a killed run loses at most this many (default 32)")
@@ -98,36 +109,17 @@ def parse_components(model, kinds: str, layers: str | None) -> list[Component]:
     return comps
 
 
-def _image_embeddings(args, model, aligned) -> torch.Tensor:
-    files = [a.pair.image_file for a in aligned]
-    if args.image_embeddings:
-        from interp.data.image_cache import load_precomputed_embeddings
-
-        return load_precomputed_embeddings(args.image_embeddings, files)
-    from interp.data.image_cache import embed_images
-    from interp.models.loading import create_open_clip_model, resolve_pretrained
-
-    pretrained = resolve_pretrained(args.model, args.pretrained)
-    full = create_open_clip_model(args.model, pretrained, device=args.device, seed=args.seed)
-    return embed_images(full, args.model, pretrained, args.images, files, device=args.device)
-
-
 def targets(args, model, aligned) -> tuple[str, torch.Tensor, torch.Tensor]:
     """(target kind, directions of the first sentence [item, d], of the second sentence)."""
-    if not (args.images or args.image_embeddings or args.target):
-        raise ClipInterpError(
-            "no target: pass --images DIR (the Visual7W images) or --image-embeddings FILE to score against "
-            "images, or --target text to measure the N-versus-A text gap without images"
-        )
-    if args.target == "text":
-        n = batch_from_ids(model, [a.tokens_negated for a in aligned])
-        a = batch_from_ids(model, [a.tokens_affirmative for a in aligned])
-        with torch.no_grad():
-            direction = text_target_directions(model(n).float().cpu(), model(a).float().cpu())
-        return "text", direction, direction
-    images = _image_embeddings(args, model, aligned)
-    direction = image_target_directions(images, model.logit_scale.detach().float().cpu())
-    return "image", direction, direction
+    kind = check_target(args.images, args.image_embeddings, args.target, args.segment)
+    if kind == TEXT:
+        direction = text_directions(model, aligned).float().cpu()
+        return TEXT, direction, direction
+    emb = image_embeddings(model, [a.pair.image_file for a in aligned], images=args.images,
+                           image_embeddings=args.image_embeddings, model_name=args.model, pretrained=args.pretrained,
+                           device=args.device, seed=args.seed, progress=progress_enabled(args))
+    direction = image_directions(model, emb).float().cpu()
+    return IMAGE, direction, direction
 
 
 def sentences(aligned, target: str) -> tuple[list, list]:
@@ -219,19 +211,8 @@ def direct_effect_tables(model, aligned, dirs1, dirs2, target, batch_size: int =
 
 def select_items(args, model, aligned, dirs1, dirs2, target):
     """Apply --segment (image target only); returns (items, dirs1, dirs2, exclusions)."""
-    if args.segment == "all":
-        return aligned, dirs1, dirs2, []
-    if target != "image":
-        raise ClipInterpError(f"--segment {args.segment} needs images: {TEXT_MODE_NOTE}")
-    first, second = sentences(aligned, target)
-    with torch.no_grad():
-        d = score(model(batch_from_ids(model, first)).float().cpu(), dirs1) - score(model(batch_from_ids(model, second)).float().cpu(), dirs2)
-    labels = segments(d)
-    keep = [i for i, lab in enumerate(labels) if lab == args.segment]
-    excluded = [(aligned[i].pair.item_id, f"segment {labels[i]} (d = {float(d[i]):.3f}), not {args.segment}")
-                for i in range(len(aligned)) if labels[i] != args.segment]
-    if not keep:
-        raise ClipInterpError(f"no item is in the {args.segment} segment: choose another --segment or all")
+    d = clean_d(model, aligned, dirs1) if target == IMAGE and args.segment != "all" else None
+    keep, excluded = select_segment(aligned, d, args.segment)
     return [aligned[i] for i in keep], dirs1[keep], dirs2[keep], excluded
 
 
@@ -369,13 +350,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_positive(args.limit, "--limit")
     check_positive(args.batch_size, "--batch-size")
     threads = apply_threads(args)
+    check_target(args.images, args.image_embeddings, args.target, args.segment)
     model = load_model_from_args(args).eval()
     comps = parse_components(model, args.components, args.layers)
-    loaded = load_existence_pairs(data_dir=args.valse_dir)
-    pairs = loaded.pairs[: args.limit]
-    aligned, rejected = align_pairs(pairs, model.tokenizer)
-    if not aligned:
-        raise ClipInterpError("no pair could be token-aligned with this model's tokenizer; see the log for reasons")
+    data = load_aligned(model.tokenizer, args.valse_dir, model_name=args.model)
+    loaded, aligned, rejected = data.loaded, data.aligned, data.rejected
+    aligned = aligned[: args.limit]  # before --segment: an embeddings file may hold only these items' images
     target, dirs1, dirs2 = targets(args, model, aligned)
     aligned, dirs1, dirs2, seg_excluded = select_items(args, model, aligned, dirs1, dirs2, target)
     settings = {

@@ -33,11 +33,21 @@ from interp.cli.common import (
     progress_enabled,
     run_cli,
 )
-from interp.data.negation import ROLES, AlignedPair, align_pairs, load_existence_pairs
+from interp.data.existence import (
+    IMAGE,
+    check_clip_like,
+    check_target,
+    clean_d,
+    image_directions,
+    image_embeddings,
+    load_aligned,
+    select_segment,
+)
+from interp.data.negation import ROLES
 from interp.errors import ClipInterpError
 from interp.models.loading import weights_fingerprint
 from interp.runs.rundir import RunDir, default_run_dir
-from interp.data.scoring import SEGMENT_LABELS, image_target_directions, pairwise_d, score, segments
+from interp.data.scoring import SEGMENT_LABELS, segments
 from interp.tracing.engine import DEFAULT_BUDGET_MB, uses_fast_path
 from interp.tracing.inputs import DIRECTIONS, MODES, NoiseConfig
 from interp.tracing.noise import DEFAULT_NOISE_ROLES, DEFAULT_NOISE_SCALE, DEFAULT_SAMPLES, embedding_std
@@ -48,12 +58,6 @@ log = logging.getLogger("interp.trace")
 
 TOOL = "trace"
 TASKS = ("existence",)
-_SCORE_BATCH = 64
-TARGET_HELP = (
-    "pass --images DIR (a folder holding the Visual7W images VALSE existence uses), "
-    "--image-embeddings FILE (precomputed image embeddings of the same CLIP model), or --target text "
-    "(no images: trace the N-versus-A text gap; accuracy and segments are then undefined)"
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,78 +106,13 @@ class Target:
 
 
 def check_target_args(args: argparse.Namespace) -> Target:
-    """Validate the target options before anything slow happens."""
-    if args.images and args.image_embeddings:
-        raise ClipInterpError("--images and --image-embeddings both given: pass one of them")
-    has_images = bool(args.images or args.image_embeddings)
-    if args.target == "text" and has_images:
-        raise ClipInterpError("--target text ignores images, but images were given: drop --images/--image-embeddings or --target text")
-    if not has_images and args.target != "text":
-        raise ClipInterpError(f"no target: {TARGET_HELP}")
-    if args.segment and not has_images:
-        raise ClipInterpError(
-            f"--segment {args.segment} needs images: segments come from the image score d = S(caption) - S(foil); "
-            "pass --images DIR or --image-embeddings FILE, or drop --segment"
-        )
+    """Validate the target and run options before anything slow happens."""
+    kind = check_target(args.images, args.image_embeddings, args.target, args.segment)
     check_positive(args.limit, "--limit")
     check_positive(args.batch_size, "--batch-size")
     if args.mode == "noise" and args.noise_scale <= 0:
         raise ClipInterpError(f"--noise-scale {args.noise_scale} must be positive")
-    if args.images:
-        if not Path(args.images).is_dir():
-            raise ClipInterpError(f"--images {args.images} is not a folder: pass the folder holding the images, or --target text")
-        return Target("image", str(args.images))
-    if args.image_embeddings:
-        return Target("image", str(args.image_embeddings))
-    return Target("text")
-
-
-def _check_clip_like(model, target: Target, model_name: str) -> None:
-    if target.kind != "image":
-        return
-    if model.cfg.tokenizer != "clip-bpe" or not bool(torch.isfinite(model.logit_scale)):
-        raise ClipInterpError(
-            f"--model {model_name} is not a CLIP text tower (no image tower, no shared image space or logit "
-            "scale), so it cannot be scored against images: use --target text with it, or a CLIP model"
-        )
-
-
-def image_embeddings(args: argparse.Namespace, model, target: Target, files: list[str]) -> torch.Tensor:
-    """Image embeddings ``[item, d_embed]`` from a folder (image tower, cached) or a precomputed file."""
-    from interp.data.image_cache import embed_images, load_precomputed_embeddings
-    from interp.data.images import ImageDataError
-
-    try:
-        if args.image_embeddings:
-            emb = load_precomputed_embeddings(args.image_embeddings, files)
-        else:
-            from interp.models.loading import create_open_clip_model, resolve_pretrained
-
-            checkpoint = resolve_pretrained(args.model, args.pretrained)
-            full = create_open_clip_model(args.model, checkpoint, device=args.device, seed=args.seed)
-            emb = embed_images(full, args.model, checkpoint, args.images, files, device=args.device,
-                               progress=progress_enabled(args))
-    except ImageDataError as err:
-        raise ClipInterpError(str(err)) from err
-    if emb.shape[1] != model.cfg.d_embed:
-        raise ClipInterpError(
-            f"image embeddings have size {emb.shape[1]} but {args.model}'s text embeddings have {model.cfg.d_embed}: "
-            "use image embeddings of the same CLIP model"
-        )
-    return emb.to(model.device, model.dtype)
-
-
-@torch.no_grad()
-def clean_d(model, items: Sequence[AlignedPair], directions: torch.Tensor) -> np.ndarray:
-    """``d = S(caption) - S(foil)`` per item (fixed batches over the whole list: deterministic)."""
-    out = []
-    for start in range(0, len(items), _SCORE_BATCH):
-        chunk = items[start:start + _SCORE_BATCH]
-        dirs = directions[start:start + _SCORE_BATCH]
-        s_caption = score(model([a.pair.caption for a in chunk]), dirs)
-        s_foil = score(model([a.pair.foil for a in chunk]), dirs)
-        out.append(pairwise_d(s_caption, s_foil).double().cpu())
-    return torch.cat(out).numpy()
+    return Target(kind, str(args.images or args.image_embeddings) if kind == IMAGE else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -181,22 +120,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = check_target_args(args)
     threads = apply_threads(args)
     model = load_model_from_args(args)
-    _check_clip_like(model, target, args.model)
+    if target.kind == IMAGE:
+        check_clip_like(model, args.model)
     spec = TraceSpec(model.cfg.n_layers, args.kind, args.window)
 
-    try:
-        existence = load_existence_pairs(valid_only=True, data_dir=args.valse_dir)
-    except (OSError, ValueError) as err:
-        raise ClipInterpError(f"cannot load VALSE existence ({err}): pass --valse-dir DIR holding existence.json") from err
-    aligned, rejected = align_pairs(existence.pairs, model.tokenizer)
-    if not aligned:
-        raise ClipInterpError(f"no item could be token-aligned with {args.model}'s tokenizer (first reason: {rejected[0].reason})")
+    data = load_aligned(model.tokenizer, args.valse_dir, model_name=args.model)
+    existence, aligned, rejected = data.loaded, data.aligned, data.rejected
 
     d_all: np.ndarray | None = None
     seg_all: np.ndarray | None = None
-    if target.kind == "image":
-        emb = image_embeddings(args, model, target, [a.pair.image_file for a in aligned])
-        dirs_all = image_target_directions(emb, model.logit_scale)
+    if target.kind == IMAGE:
+        emb = image_embeddings(model, [a.pair.image_file for a in aligned], images=args.images,
+                               image_embeddings=args.image_embeddings, model_name=args.model,
+                               pretrained=args.pretrained, device=args.device, seed=args.seed,
+                               progress=progress_enabled(args))
+        dirs_all = image_directions(model, emb)
         d_all = clean_d(model, aligned, dirs_all)
         seg_all = segments(d_all)
         directions = fixed_directions(dirs_all)
@@ -204,13 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         directions = text_directions(model)
 
-    selected = list(range(len(aligned)))
-    out_of_segment = []
-    if args.segment:
-        out_of_segment = [i for i in selected if seg_all[i] != args.segment]
-        selected = [i for i in selected if seg_all[i] == args.segment]
-        if not selected:
-            raise ClipInterpError(f"no item falls in segment {args.segment!r} with this model and these images")
+    selected, _ = select_segment(aligned, d_all, args.segment)
+    out_of_segment = sorted(set(range(len(aligned))) - set(selected))
     beyond_limit = selected[args.limit:] if args.limit is not None else []
     selected = selected[: args.limit] if args.limit is not None else selected
 

@@ -44,8 +44,9 @@ from probes.linear.probe import (
     fit_direction,
     probe_layers,
 )
+from interp.data.existence import check_clip_like, check_target
 from interp.models.loading import weights_fingerprint
-from interp.runs.rundir import RunDir, atomic_path
+from interp.runs.rundir import RunDir, atomic_path, file_sha256
 from probes.cli.report import markdown_table, pyplot
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--causal-layer", default="best",
                    help="layer of the causal check: 'best' (highest selectivity of --causal-role) or a number")
     p.add_argument("--images", metavar="DIR", help="Visual7W images: score with CLIP's S instead of the text target")
+    p.add_argument("--image-embeddings", metavar="FILE",
+                   help="precomputed image embeddings of the same CLIP model, instead of --images")
     p.add_argument("--limit", type=int, help="use only the first N aligned pairs (smoke runs)")
     p.add_argument("--valse-dir", help="folder holding VALSE existence.json (default: the toolkit's lookup order)")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default 64)")
@@ -96,10 +99,10 @@ def _parse_layers(spec: str, n_layers: int) -> list[int]:
 
 def existence_samples(model: Any, data_dir: str | None, limit: int | None):
     """Aligned pairs -> (texts [2n], labels, groups, aligned pairs, rejected table)."""
-    from interp.data.negation import align_pairs, load_existence_pairs
+    from interp.data.existence import load_aligned
 
-    pairs = load_existence_pairs(data_dir=data_dir)
-    aligned, rejected = align_pairs(pairs.pairs, model.tokenizer)
+    data = load_aligned(model.tokenizer, data_dir, model_name=model.cfg.model_name)
+    aligned, rejected = data.aligned, data.rejected
     if limit is not None:
         aligned = aligned[:limit]
     if len(aligned) < 4:
@@ -127,11 +130,13 @@ def _score_fn(model: Any, args: argparse.Namespace, texts: list[str], aligned: S
     from interp.data.scoring import image_target_directions, score, text_target_directions
     from probes.embeddings import encode_texts
 
-    if args.images:
-        from probes.embeddings import embed_image_files
+    if args.images or args.image_embeddings:
+        from interp.data.existence import image_embeddings
 
-        img = embed_image_files(args.model, args.pretrained, args.images, [a.pair.image_file for a in aligned],
-                                device=args.device, batch_size=args.batch_size)
+        img = image_embeddings(model, [a.pair.image_file for a in aligned], images=args.images,
+                               image_embeddings=args.image_embeddings, model_name=args.model,
+                               pretrained=args.pretrained, device=args.device, seed=args.seed,
+                               progress=progress_enabled(args)).float().cpu()
         direction = image_target_directions(img.double(), model.logit_scale.double()).repeat_interleave(2, 0)
         target = "image: S = exp(logit_scale) * cos(text, image)"
     else:
@@ -149,13 +154,17 @@ def run(args: argparse.Namespace) -> Path:
     """Validate the arguments, then probe and write the run directory; returns it."""
     check_positive(args.limit, "--limit")
     check_positive(args.batch_size, "--batch-size")
+    check_target(args.images, args.image_embeddings, None if args.images or args.image_embeddings else "text")
     apply_threads(args)
     model = load_model_from_args(args)
+    if args.images or args.image_embeddings:
+        check_clip_like(model, args.model)
     layers = _parse_layers(args.layers, model.cfg.n_layers)
     roles = [r.strip() for r in args.roles.split(",") if r.strip()]
     if args.causal_role not in roles:
         raise ProbeError(f"--causal-role {args.causal_role!r} is not among --roles {roles}")
-    settings = run_settings(args, weights_fingerprint=weights_fingerprint(model))
+    settings = run_settings(args, weights_fingerprint=weights_fingerprint(model),
+                            image_embeddings=file_sha256(args.image_embeddings) if args.image_embeddings else None)
     with RunDir(args.out, TOOL, settings, arguments=vars(args), overwrite=args.overwrite, resumable=False) as rd:
         if rd.complete:
             log.info("%s already holds this run (same settings): nothing to do", rd.path)
