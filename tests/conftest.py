@@ -8,6 +8,15 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# Runtime shape checks (as TransformerLens's suite does): every annotated function of the project's
+# packages imported from here on checks its jaxtyping shapes and dtypes with beartype. A shape that
+# disagrees with a docstring's promise fails the test that called it. CLIP_INTERP_TYPECHECK=0 turns
+# it off (e.g. to time tests without the checks).
+if os.environ.get("CLIP_INTERP_TYPECHECK", "1") != "0":
+    from jaxtyping import install_import_hook  # noqa: E402
+
+    install_import_hook(["interp", "probes", "analyses"], "beartype.beartype")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

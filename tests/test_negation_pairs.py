@@ -1,4 +1,4 @@
-"""Existence minimal pairs: the counts of negation-spec.md §1, token alignment and roles (CLIP BPE and
+"""Existence minimal pairs: the counts of docs/data.md, token alignment and roles (CLIP BPE and
 BERT WordPiece), and rejections reported with a reason."""
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def test_all_490_align_with_clip_bpe(clip_aligned):
         assert a.tokens_negated[0] == 49406 and a.tokens_negated[-1] == 49407
 
 
-# (item, CLIP tokens of N, roles) written out by hand from the spec's role definition.
+# (item, CLIP tokens of N, roles) written out by hand from the role definitions of docs/data.md.
 HAND_ROLE_TABLE = {
     "existence_visual7w_2393805": (  # "There are no animals." : no further tokens
         ["<start_of_text>", "there</w>", "are</w>", "no</w>", "animals</w>", ".</w>", "<end_of_text>"],

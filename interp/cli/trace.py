@@ -63,7 +63,7 @@ TASKS = ("existence",)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m interp.trace",
-        description="Causal tracing of negation in a text encoder (negation-spec.md section 3), with a report.",
+        description="Causal tracing of negation in a text encoder (Quantmeyer et al. 2024; see docs/tracing.md), with a report.",
     )
     parser.add_argument("--task", required=True, choices=TASKS, help="the tracing task (VALSE existence minimal pairs)")
     add_model_args(parser)

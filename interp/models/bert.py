@@ -32,11 +32,11 @@ import torch
 from torch import Tensor
 
 from interp.models.config import ConfigError, TextEncoderConfig
-from interp.models.convert import _bias_heads, _heads_in, _heads_out  # one named-axis split for every format
+from interp.models.convert import _bias_heads, _heads_in, _heads_out, read_state_dict  # one named-axis split for every format
 from interp.models.text_encoder import HookedTextEncoder
 from interp.errors import CheckpointMismatchError, UnknownModelError, WeightsUnavailableError
 from interp.files import file_sha256
-from interp.models.tokenization import TokenBatch, TokenizationError, _batch, _check_texts, _pad_width
+from interp.models.tokenization import TokenBatch, TokenizationError, _check_texts, _pad_width, batch_from_ids
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class WordPieceTokenizer:
         encoded = self._tok.encode_batch([self._prepare(t) for t in texts])
         ids = [self._fit(t, e.ids, truncate) for t, e in zip(texts, encoded)]
         width = _pad_width([len(s) for s in ids], pad_to, self.context_length)
-        return _batch(ids, texts, self.pad_id, width, [len(s) - 1 for s in ids])
+        return batch_from_ids(ids, pad_id=self.pad_id, width=width, texts=texts)  # pooled at [SEP], the last token
 
 
 # ---------------------------------------------------------------------------------------- directory
@@ -288,17 +288,6 @@ def convert_bert_state_dict(sd: dict[str, Tensor], cfg: TextEncoderConfig, sourc
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user error
-        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {err}") from err
-
-
 # ---------------------------------------------------------------------------------------- loaders
 def load_bert_directory(
     path: str | Path,
@@ -325,7 +314,7 @@ def load_bert_directory(
             )
     cfg = bert_config(directory, model_name or directory.path.name, pretrained or str(directory.path))
     cfg.extra["weights_sha256"] = file_sha256(directory.weights)
-    sd = convert_bert_state_dict(_read_weights(directory.weights), cfg, str(directory.weights))
+    sd = convert_bert_state_dict(read_state_dict(directory.weights), cfg, str(directory.weights))
     encoder = _new_encoder(cfg, directory)
     expected = encoder.state_dict()
     wrong = [f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(expected[k].shape)}"

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from interp.models.compat import import_open_clip
-from interp.models.convert import convert_hf_clip_text, convert_open_clip_text
+from interp.models.convert import convert_hf_clip_text, convert_open_clip_text, read_state_dict
 from interp.models.text_encoder import HookedTextEncoder
 from interp.errors import CheckpointMismatchError, UnknownModelError, WeightsUnavailableError
 from interp.models.tokenization import CLIPTokenizer
@@ -72,26 +72,9 @@ def _check_open_clip_name(name: str) -> None:
         )
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path))
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user error
-            raise CheckpointMismatchError(f"cannot read checkpoint {path}: {err}") from err
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise CheckpointMismatchError(f"checkpoint {path} holds a {type(sd).__name__}, not a state dict")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
-
-
 def load_checkpoint_into(model: nn.Module, path: Path, model_name: str) -> None:
     """Load a state-dict file into an open_clip model, naming every tensor that does not fit."""
-    sd = _read_state_dict(path)
+    sd = read_state_dict(path)
     expected = model.state_dict()
     wrong_shape = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"

@@ -239,7 +239,8 @@ class RunDir:
                         f"--out {self.path} is being written by another process (pid {pid}): wait for it to "
                         f"finish or stop it, or pass another --out DIR (if no such process runs, delete {lock})"
                     ) from None
-                log.warning("taking over the stale lock of %s (pid %s is gone)", self.path, pid)
+                if pid != os.getpid():
+                    log.warning("taking over the stale lock of %s (pid %s is gone)", self.path, pid)
                 lock.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w", encoding="utf-8") as handle:

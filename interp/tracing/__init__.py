@@ -1,4 +1,4 @@
-"""Causal tracing of where a text encoder carries negation (negation-spec.md §3).
+"""Causal tracing of where a text encoder carries negation (Quantmeyer et al. 2024; docs/tracing.md).
 
 - :mod:`~interp.tracing.spec`: what a cell patches (kind, window, hook names).
 - :mod:`~interp.tracing.engine`: the batched engine (exact shortcuts, causal fast path, generic path).

@@ -1,6 +1,6 @@
 """``python -m probes.linear --task existence``: controlled probes for "this sentence is negated".
 
-Data: the VALSE existence minimal pairs (negation-spec.md §1), token-aligned by the model's own
+Data: the VALSE existence minimal pairs (docs/data.md), token-aligned by the model's own
 tokenizer; each pair gives a negated sentence N (label 1) and its affirmative A (label 0), grouped by
 item so a pair never straddles CV folds. Per role (negator slot, first subject token, period, the
 encoder's pooled read-out, ...) and layer: accuracy, control accuracy, selectivity. The direction of
