@@ -13,8 +13,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # disagrees with a docstring's promise fails the test that called it. CLIP_INTERP_TYPECHECK=0 turns
 # it off (e.g. to time tests without the checks).
 if os.environ.get("CLIP_INTERP_TYPECHECK", "1") != "0":
+    import warnings  # noqa: E402
+
+    from beartype.roar import BeartypeDecorHintPep585DeprecationWarning  # noqa: E402
     from jaxtyping import install_import_hook  # noqa: E402
 
+    # typing.Sequence and friends are fine on the Python versions the project supports
+    warnings.filterwarnings("ignore", category=BeartypeDecorHintPep585DeprecationWarning)
     install_import_hook(["interp", "probes", "analyses"], "beartype.beartype")
 
 import pytest  # noqa: E402

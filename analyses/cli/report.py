@@ -3,7 +3,7 @@
 The report directory holds data first: ``config.json`` (arguments, package versions, the models and
 weights behind each input, or "synthetic"), CSV tables (``cka.csv``, ``cka_layers.csv``,
 ``matching.csv``, ``alignment.csv``, ``alignment_summary.csv``, ``maps.csv``), seaborn figures drawn
-from those tables (``cka_layers_<kernel>.png``, ``pk_curves.png``) and ``report.md`` built from the
+from those tables (``figures/cka_layers_<kernel>.png``, ``figures/pk_curves.png``) and ``report.md`` built from the
 tables. Everything is written into a temporary directory renamed into place at the end.
 """
 

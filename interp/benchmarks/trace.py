@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--items", type=int, help="trace only the first N minimal pairs (default all 490)")
     parser.add_argument("--slow-items", default="12", help="items the slow methods run on ('all' = every item; default 12)")
-    parser.add_argument("--chunk-items", type=int, default=DEFAULT_CHUNK_ITEMS)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_CHUNK_ITEMS, help="items traced together (as interp.trace)")
     parser.add_argument("--budget-mb", type=float, default=768)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     return parser
@@ -164,8 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub_cells_tl = sum(cfg.n_layers * a.length for a in slow)
 
     peak = measure_matmul_gflops()
-    engine_s, stats = _time_engine(model, items, args.chunk_items, args.budget_mb)
-    engine_sub_s, _ = _time_engine(model, slow, args.chunk_items, args.budget_mb)
+    engine_s, stats = _time_engine(model, items, args.batch_size, args.budget_mb)
+    engine_sub_s, _ = _time_engine(model, slow, args.batch_size, args.budget_mb)
     ref_s, ref, runs = _time_reference(model, slow)
     tl_s, tl = _time_transformer_lens(model, slow)
     peak_after = measure_matmul_gflops()
