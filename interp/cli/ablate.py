@@ -26,26 +26,10 @@ from tqdm.auto import tqdm
 from interp.heads.ablation import METHODS, MEAN_OVER, SITES, Component, ablation_scores, check_components, reference_means, resample_donors
 from interp.heads.attention import batch_from_ids, negator_attention
 from interp.heads.direct_effects import direct_effects, direct_effects_on_d
-from interp.cli.common import (
-    add_model_args,
-    add_run_args,
-    apply_threads,
-    check_positive,
-    load_model_from_args,
-    progress_enabled,
-    run_cli,
-)
-from interp.data.existence import (
-    IMAGE,
-    TEXT,
-    check_target,
-    clean_d,
-    image_directions,
-    image_embeddings,
-    load_aligned,
-    select_segment,
-    text_directions,
-)
+from interp.cli.common import add_model_args, add_run_args, apply_threads, check_positive
+from interp.cli.common import load_model_from_args, progress_enabled, run_cli
+from interp.data.existence import IMAGE, TEXT, check_target, clean_d, image_directions, image_embeddings
+from interp.data.existence import load_aligned, select_segment, text_directions
 from interp.data.negation import ROLES
 from interp.errors import ClipInterpError
 from interp.models.loading import weights_fingerprint

@@ -24,25 +24,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from interp.cli.common import (
-    add_model_args,
-    add_run_args,
-    apply_threads,
-    check_positive,
-    load_model_from_args,
-    progress_enabled,
-    run_cli,
-)
-from interp.data.existence import (
-    IMAGE,
-    check_clip_like,
-    check_target,
-    clean_d,
-    image_directions,
-    image_embeddings,
-    load_aligned,
-    select_segment,
-)
+from interp.cli.common import add_model_args, add_run_args, apply_threads, check_positive
+from interp.cli.common import load_model_from_args, progress_enabled, run_cli
+from interp.data.existence import IMAGE, check_clip_like, check_target, clean_d, image_directions
+from interp.data.existence import image_embeddings, load_aligned, select_segment
 from interp.data.negation import ROLES
 from interp.errors import ClipInterpError
 from interp.models.loading import weights_fingerprint

@@ -24,26 +24,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp.cli.common import (
-    add_model_args,
-    add_run_args,
-    apply_threads,
-    check_positive,
-    load_model_from_args,
-    progress_enabled,
-    run_cli,
-    run_settings,
-)
+from interp.cli.common import add_model_args, add_run_args, apply_threads, check_positive
+from interp.cli.common import load_model_from_args, progress_enabled, run_cli, run_settings
 from probes.ideal_words.analysis import is_random_init, model_label
-from probes.linear.probe import (
-    DEFAULT_C,
-    DEFAULT_FOLDS,
-    ProbeError,
-    causal_check,
-    collect_role_features,
-    fit_direction,
-    probe_layers,
-)
+from probes.linear.probe import DEFAULT_C, DEFAULT_FOLDS, ProbeError, causal_check, collect_role_features
+from probes.linear.probe import fit_direction, probe_layers
 from interp.data.existence import check_clip_like, check_target
 from interp.models.loading import weights_fingerprint
 from interp.runs.rundir import RunDir, atomic_path, file_sha256
