@@ -37,8 +37,8 @@ cloudpickle = pytest.importorskip("cloudpickle")
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
 
 TRACE = ["--task", "existence", "--model", "tiny", "--pretrained", "none", "--target", "text", "--limit", "5",
-         "--chunk-items", "1", "--no-progress", "--no-figures"]
-ABLATE = ["--model", "tiny", "--pretrained", "none", "--target", "text", "--limit", "4", "--chunk", "2",
+         "--batch-size", "1", "--no-progress", "--no-figures"]
+ABLATE = ["--model", "tiny", "--pretrained", "none", "--target", "text", "--limit", "4", "--batch-size", "2",
           "--components", "head,mlp"]
 PROBE = ["--task", "existence", "--model", "tiny", "--pretrained", "none", "--limit", "8", "--folds", "2",
          "--roles", "negator,pooled"]

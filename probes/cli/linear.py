@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layer of the causal check: 'best' (highest selectivity of --causal-role) or a number")
     p.add_argument("--images", metavar="DIR", help="Visual7W images: score with CLIP's S instead of the text target")
     p.add_argument("--limit", type=int, help="use only the first N aligned pairs (smoke runs)")
-    p.add_argument("--data-dir", help="folder holding VALSE existence.json (default: the toolkit's lookup order)")
+    p.add_argument("--valse-dir", help="folder holding VALSE existence.json (default: the toolkit's lookup order)")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default 64)")
     p.add_argument("--out", required=True, type=Path, help="report directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> Path:
     check_model_args(args)
     model = load_model_from_args(args)
     layers = _parse_layers(args.layers, model.cfg.n_layers)
-    texts, labels, groups, aligned, rejected = existence_samples(model, args.data_dir, args.limit)
+    texts, labels, groups, aligned, rejected = existence_samples(model, args.valse_dir, args.limit)
     positions = {r: (None if r == POOLED else _role_positions(aligned, r)) for r in roles}
     log.info("%s: %d pairs, roles %s, layers %s", model_label(model), len(aligned), roles, layers)
     feats = collect_role_features(model, texts, positions, layers=layers, batch_size=args.batch_size, progress=True)
