@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m interp.bench cluster", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="ViT-B-32", help="model (random init; default ViT-B-32)")
     p.add_argument("--items", type=int, default=32, help="existence items traced per sweep (default 32)")
-    p.add_argument("--chunk-items", type=int, default=4, help="items per task (default 4: 8 tasks, so the last task idles a worker little)")
+    p.add_argument("--batch-size", type=int, default=4, help="items per task (default 4: 8 tasks, so the last task idles a worker little)")
     p.add_argument("--workers", type=int, default=2, help="worker processes of the LocalCluster (default 2)")
     p.add_argument("--threads", type=int, default=2, help="threads in-process, split between the workers (default 2)")
     p.add_argument("--repeats", type=int, default=2, help="alternating repeats of each side (default 2)")
@@ -70,23 +70,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, open_executor("none") as here:
         clock = time.perf_counter()
         with open_executor(spec, threads=args.threads) as cluster:
-            tables["cold"] = _sweep(model, items, cluster, recipe, args.chunk_items, Path(tmp) / "cold")[2]
+            tables["cold"] = _sweep(model, items, cluster, recipe, args.batch_size, Path(tmp) / "cold")[2]
             start_s = time.perf_counter() - clock
             for r in range(args.repeats):
-                ours = _sweep(model, items, here, None, args.chunk_items, Path(tmp) / f"here{r}")
-                theirs = _sweep(model, items, cluster, recipe, args.chunk_items, Path(tmp) / f"cluster{r}")
+                ours = _sweep(model, items, here, None, args.batch_size, Path(tmp) / f"here{r}")
+                theirs = _sweep(model, items, cluster, recipe, args.batch_size, Path(tmp) / f"cluster{r}")
                 results["in-process"].append(ours[:2])
                 results[spec].append(theirs[:2])
                 tables["in-process"], tables[spec] = ours[2], theirs[2]
         per_worker = max(1, args.threads // args.workers)
         torch.set_num_threads(per_worker)  # the workers' thread count: the same float reductions
-        one = _sweep(model, items, here, None, args.chunk_items, Path(tmp) / "here-1")
+        one = _sweep(model, items, here, None, args.batch_size, Path(tmp) / "here-1")
         tables["in-process-1"] = one[2]
         torch.set_num_threads(args.threads)
     best = {k: min(v) for k, v in results.items()}
     cpu_best = {k: min(c for _, c in v) for k, v in results.items()}
     cells = sum(a.length * (model.cfg.n_layers + 1) for a in items)
-    print(f"trace sweep: {args.model} (random init), {len(items)} items ({cells} cells), {args.chunk_items} items per "  # noqa: T201
+    print(f"trace sweep: {args.model} (random init), {len(items)} items ({cells} cells), {args.batch_size} items per "  # noqa: T201
           f"task, torch {torch.__version__}; in-process {args.threads} threads vs {spec} "
           f"({per_worker} thread(s) each); best of {args.repeats}, alternating")
     print(f"  cold {spec} (start-up + model load on every worker + one sweep): {start_s:.1f} s wall")  # noqa: T201
