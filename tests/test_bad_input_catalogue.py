@@ -310,7 +310,7 @@ LINEAR_CASES = [
     ("layers-syntax", [*LINEAR, "--layers", "one"], r"--layers 'one' is not 'all'"),
     ("layers-out-of-range", [*LINEAR, "--layers", "0,9"], r"--layers \[9\] outside 0\.\.2"),
     ("images-missing", [*LINEAR, "--images", "/no/such/dir"], r"--images /no/such/dir is not a folder"),
-    ("data-dir-no-valid-item", [*LINEAR, "--valse-dir", "{valse_novalid}"], r"only 0 token-aligned pairs"),
+    ("data-dir-no-valid-item", [*LINEAR, "--valse-dir", "{valse_novalid}"], r"no valid minimal pair.*--valse-dir"),
     ("device-gpu", [*LINEAR, "--device", "gpu"], r"--device gpu"),
     ("checkpoint-nan", ["--task", "existence", "--out", "{out}", "--model", "tiny", "--pretrained", "{nan_pt}"], r"nan\.pt.*NaN"),
     ("out-unwritable", ["--task", "existence", "--out", UNWRITABLE, *TINY], r"is not writable"),

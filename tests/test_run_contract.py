@@ -37,21 +37,16 @@ class Command:
     resumable: bool
 
 
+# The commands on the run contract (interp.runs.rundir.RunDir). probes.ideal_words, probes.linear,
+# analyses.alignment and analyses.extract still write their report folder in one step (refusing an
+# existing --out unless --overwrite; tested in their own CLI tests): moving them onto RunDir is open
+# work, and each joins this list when it moves.
 COMMANDS = [
     Command("trace", "interp.trace", "interp.cli.trace",
             ("--task", "existence", *TINY, "--target", "text", "--limit", "3", "--batch-size", "1", "--no-figures"), True),
     Command("ablate", "interp.ablate", "interp.cli.ablate",
             (*TINY, "--target", "text", "--limit", "3", "--batch-size", "1", "--components", "mlp"), True),
     Command("data", "interp.data", "interp.cli.data", (*TINY, "--limit", "5"), False),
-    Command("ideal_words", "probes.ideal_words", "probes.cli.ideal_words",
-            (*TINY, "--concepts", "{concepts}", "--idioms", "none", "--no-layers"), False),
-    Command("linear_probe", "probes.linear", "probes.cli.linear",
-            ("--task", "existence", *TINY, "--limit", "8", "--folds", "2", "--layers", "0,2", "--roles", "negator,pooled"),
-            False),
-    Command("alignment", "analyses.alignment", "analyses.cli.alignment",
-            ("--synthetic", "60", "--sections", "cka", "--permutations", "3"), False),
-    Command("extract", "analyses.extract", "analyses.cli.extract",
-            (*TINY, "--images", "{images}", "--captions", "{captions}", "--batch-size", "2"), False),
 ]
 IDS = [c.name for c in COMMANDS]
 

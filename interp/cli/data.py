@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    at_least(args.limit, "--limit")
+    writable_out(args.out)
+    check_model_args(args)
     import pandas as pd
 
     from interp.data.negation import align_pairs, load_existence_pairs, role_table
@@ -40,10 +44,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from interp.runs.report import Report
     from interp.runs.rundir import RunDir
 
-    args = build_parser().parse_args(argv)
-    at_least(args.limit, "--limit")
-    writable_out(args.out)
-    check_model_args(args)
     result = load_existence_pairs(valid_only=not args.all_items, data_dir=args.valse_dir)
     model = load_model_from_args(args)
     pairs_kept = result.pairs[: args.limit]

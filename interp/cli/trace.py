@@ -114,7 +114,7 @@ class Target:
 
 def check_target_args(args: argparse.Namespace) -> Target:
     """Validate the target and run options before anything slow happens (no folder is made yet)."""
-    from interp.data.existence import IMAGE, check_target
+    from interp.data.target_choice import IMAGE, check_target
 
     kind = check_target(args.images, args.image_embeddings, args.target, args.segment)
     at_least(args.limit, "--limit")

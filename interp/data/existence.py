@@ -36,12 +36,7 @@ from interp.data.scoring import (
 )
 from interp.errors import ClipInterpError
 
-IMAGE, TEXT = "image", "text"
-TARGET_HELP = (
-    "pass --images DIR (a folder holding the Visual7W images VALSE existence uses), "
-    "--image-embeddings FILE (precomputed image embeddings of the same CLIP model), or --target text "
-    "(no images: the N-versus-A text gap; accuracy and segments are then undefined)"
-)
+from interp.data.target_choice import IMAGE, TARGET_HELP, TEXT, check_target  # noqa: F401 - re-exported
 _BATCH = 64  # sentences per forward pass when scoring (fixed: the same batches every run)
 
 
@@ -66,6 +61,11 @@ def load_aligned(tokenizer: Any, valse_dir: str | os.PathLike | None = None, *, 
         loaded = load_existence_pairs(valid_only=True, data_dir=valse_dir)
     except (OSError, ValueError) as err:
         raise ClipInterpError(f"cannot load VALSE existence ({err}): pass --valse-dir DIR holding existence.json") from err
+    if not loaded.pairs:
+        where = f" in {valse_dir}" if valse_dir else ""
+        example = loaded.exclusions[0].reason if loaded.exclusions else "none"
+        raise ClipInterpError(f"VALSE existence{where} has no valid minimal pair ({len(loaded.exclusions)} items excluded, "
+                              f"e.g. {example}): pass --valse-dir DIR holding VALSE's existence.json")
     aligned, rejected = align_pairs(loaded.pairs, tokenizer)
     if len(aligned) < min_items:
         first = f" (first reason: {rejected[0].reason})" if rejected else ""
@@ -74,26 +74,6 @@ def load_aligned(tokenizer: Any, valse_dir: str | os.PathLike | None = None, *, 
             f"tokenizer{first}; at least {min_items} are needed"
         )
     return ExistenceData(loaded, aligned, rejected)
-
-
-def check_target(images: str | None, image_embeddings: str | None, target: str | None,
-                 segment: str | None = None) -> str:
-    """``"image"`` or ``"text"`` from the target flags; contradictions are refused before any work."""
-    if images and image_embeddings:
-        raise ClipInterpError("--images and --image-embeddings both given: pass one of them")
-    has_images = bool(images or image_embeddings)
-    if target == TEXT and has_images:
-        raise ClipInterpError("--target text ignores images, but images were given: drop --images/--image-embeddings or --target text")
-    if not has_images and target != TEXT:
-        raise ClipInterpError(f"no target: {TARGET_HELP}")
-    if segment and segment != "all" and not has_images:
-        raise ClipInterpError(
-            f"--segment {segment} needs images: segments come from the image score d = S(caption) - S(foil); "
-            "pass --images DIR or --image-embeddings FILE, or drop --segment"
-        )
-    if images and not os.path.isdir(images):
-        raise ClipInterpError(f"--images {images} is not a folder: pass the folder holding the images, or --target text")
-    return IMAGE if has_images else TEXT
 
 
 def check_clip_like(model: Any, model_name: str) -> None:
@@ -134,8 +114,9 @@ def image_embeddings(model: Any, files: Sequence[str], *, images: str | None = N
     except ImageDataError as err:
         raise ClipInterpError(str(err)) from err
     if emb.shape[1] != model.cfg.d_embed:
+        source = f"--image-embeddings {image_embeddings} has rows" if image_embeddings else f"image embeddings of --images {images} have"
         raise ClipInterpError(
-            f"image embeddings have size {emb.shape[1]} but {model_name}'s text embeddings have {model.cfg.d_embed}: "
+            f"{source} of size {emb.shape[1]} but {model_name}'s text embeddings have {model.cfg.d_embed}: "
             "use image embeddings of the same CLIP model"
         )
     return emb.to(model.device, model.dtype)

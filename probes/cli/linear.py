@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 # Light imports only at module level (--help must not wait for torch, pandas or scikit-learn).
-from interp.cli.common import add_model_args, check_model_args, load_model_from_args, run_cli
+from interp.cli.common import add_model_args, check_model_args, load_model_from_args, progress_enabled, run_cli
 from probes.linear.defaults import DEFAULT_C, DEFAULT_FOLDS
 from interp.cli.validate import UsageParser, at_least, positive_number, writable_out
 
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="report directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     add_cluster_arg(p)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the physical cores, 1 when the load average says they are busy)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal)")
     return p
 
 
@@ -86,11 +88,11 @@ def existence_samples(model: Any, data_dir: str | None, limit: int | None):
     import numpy as np
     import pandas as pd
 
-    from interp.data.negation import align_pairs, load_existence_pairs
+    from interp.data.existence import load_aligned
     from probes.linear.probe import ProbeError
 
-    pairs = load_existence_pairs(data_dir=data_dir)
-    aligned, rejected = align_pairs(pairs.pairs, model.tokenizer)
+    data = load_aligned(model.tokenizer, data_dir, model_name=model.cfg.model_name)  # the checks trace and ablate make
+    aligned, rejected = data.aligned, data.rejected
     if limit is not None:
         aligned = aligned[:limit]
     if len(aligned) < 4:
@@ -184,7 +186,7 @@ def run(args: argparse.Namespace) -> Path:
     texts, labels, groups, aligned, rejected = existence_samples(model, args.valse_dir, args.limit)
     positions = {r: (None if r == POOLED else _role_positions(aligned, r)) for r in roles}
     log.info("%s: %d pairs, roles %s, layers %s", model_label(model), len(aligned), roles, layers)
-    feats = collect_role_features(model, texts, positions, layers=layers, batch_size=args.batch_size, progress=True)
+    feats = collect_role_features(model, texts, positions, layers=layers, batch_size=args.batch_size, progress=progress_enabled(args))
 
     fits = []  # one task per (role, layer) fit: (role, layer, features, labels, groups, control types)
     for role in roles:
