@@ -3,13 +3,13 @@
 Pure numpy/scipy/torch maths over any two paired embedding matrices (row i of X pairs with row i of Y):
 
 - :mod:`analyses.similarity`: linear / RBF / debiased CKA, permutation baselines, layer-by-layer
-  CKA matrices, streaming linear CKA (probes-spec section C).
+  CKA matrices, streaming linear CKA (Kornblith et al., ICML 2019).
 - :mod:`analyses.matching`: training-free matching as seeded graph matching (QAP) and local CKA with
-  Hungarian matching (section C).
+  Hungarian matching (Maniparambil et al., CVPR 2024).
 - :mod:`analyses.alignment.procrustes`: PCA + orthogonal Procrustes with cosine / CSLS retrieval, P@k and
-  k-fold cross-validation (section D); ``python -m analyses.alignment`` is the report CLI.
+  k-fold cross-validation (CSLS: Conneau et al., ICLR 2018); ``python -m analyses.alignment`` is the report CLI.
 - :mod:`analyses.sinkhorn` and :mod:`analyses.assignment_map`: a linear map trained by optimal-transport
-  assignment prediction, compared with least-squares and Procrustes maps (section E).
+  assignment prediction, compared with least-squares and Procrustes maps (VLAP: Park et al., ICLR 2024).
 - :mod:`analyses.extract.pairs`: paired per-layer embeddings from hooked image and text towers.
 - :mod:`analyses.io`: the paired-embedding .npz format; :mod:`analyses.cli.report`: the report writer
   (tables, figures, report.md); :mod:`analyses.synthetic`: planted pairs for demos and CI;

@@ -1,4 +1,4 @@
-"""One linear map fitted by optimal-transport assignment prediction (VLAP-style; probes-spec section E).
+"""One linear map fitted by optimal-transport assignment prediction (VLAP-style, Park et al., ICLR 2024; docs/analyses.md).
 
 Only a linear layer x -> x W + c trains; both embedding spaces stay frozen. With prototypes P (rows of
 the target space: a word-embedding table, or by default target training rows), each side gets codes

@@ -52,10 +52,10 @@ def save_embeddings(path: str | os.PathLike, data: EmbeddingSet) -> Path:
         arrays["keys"] = np.asarray(data.keys).astype(str)
     if data.groups is not None:
         arrays["groups"] = np.asarray(data.groups)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    from interp.files import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
     return path
 
 

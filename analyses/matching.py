@@ -1,4 +1,4 @@
-"""Training-free matching between two paired spaces (Maniparambil et al.; probes-spec section C).
+"""Training-free matching between two paired spaces (Maniparambil et al., CVPR 2024; docs/analyses.md).
 
 Given ``n_base`` known pairs and ``n_query`` items of each space whose pairing is hidden, recover
 the pairing:

@@ -1,4 +1,4 @@
-"""Centred kernel alignment (CKA) between two paired representation spaces (probes-spec section C).
+"""Centred kernel alignment (CKA) between two paired representation spaces (Kornblith et al., ICML 2019; docs/analyses.md).
 
 Definitions (n paired items, H = I - 11^T / n):
 

@@ -3,7 +3,7 @@
 Given scores S [n, K] (higher = more alike), row marginal a [n] and column marginal b [K] (each summing
 to 1), the plan is P = diag(u) exp(S / eps) diag(v) with P 1 = a and P^T 1 = b. Iterations alternate
 column and row scalings and end on the rows, so each row's mass is exact; the columns converge.
-Used by :mod:`analyses.assignment_map` (VLAP-style assignment prediction, probes-spec section E).
+Used by :mod:`analyses.assignment_map` (VLAP-style assignment prediction, Park et al., ICLR 2024; docs/analyses.md).
 """
 
 from __future__ import annotations

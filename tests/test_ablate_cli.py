@@ -12,7 +12,7 @@ from interp.cli.ablate import main
 from interp.cli.common import run_cli
 from interp.runs.rundir import read_csv
 
-BASE = ["--model", "tiny", "--pretrained", "none", "--target", "text", "--limit", "5", "--chunk", "2"]
+BASE = ["--model", "tiny", "--pretrained", "none", "--target", "text", "--limit", "5", "--batch-size", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,8 @@ def run_dir(tmp_path_factory):
 
 def test_writes_tables_figures_report(run_dir):
     for name in ("config.json", "ablation_summary.csv", "negator_attention.csv", "negator_attention_roles.csv",
-                 "direct_effects.csv", "head_importance.png", "negator_attention.png", "per_layer.png",
-                 "direct_effects.png", "report.md"):
+                 "direct_effects.csv", "figures/head_importance.png", "figures/negator_attention.png", "figures/per_layer.png",
+                 "figures/direct_effects.png", "report.md"):
         assert (run_dir / name).is_file(), name
     items = read_csv(run_dir / "ablation_summary.csv")
     heads = items[(items.kind == "head") & (items.group == "all")]

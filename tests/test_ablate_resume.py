@@ -10,7 +10,7 @@ import pytest
 
 from interp.cli import ablate as ablate_cli
 
-ARGS = ["--model", "tiny", "--pretrained", "none", "--target", "text", "--limit", "7", "--chunk", "3",
+ARGS = ["--model", "tiny", "--pretrained", "none", "--target", "text", "--limit", "7", "--batch-size", "3",
         "--components", "head,mlp"]
 
 
@@ -44,5 +44,5 @@ def test_killed_run_resumes_byte_identical(tmp_path, monkeypatch, capsys):
 
     # The chunk size is a resume setting: another one would change the last bits of the floats.
     capsys.readouterr()
-    assert ablate_cli.cli([*ARGS[:-4], "--chunk", "2", "--components", "head,mlp", "--out", str(resumed)]) == 2
-    assert "chunk" in capsys.readouterr().err
+    assert ablate_cli.cli([*ARGS[:-4], "--batch-size", "2", "--components", "head,mlp", "--out", str(resumed)]) == 2
+    assert "batch_size" in capsys.readouterr().err

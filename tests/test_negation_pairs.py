@@ -1,4 +1,4 @@
-"""Existence minimal pairs: the counts of negation-spec.md §1, token alignment and roles (CLIP BPE and
+"""Existence minimal pairs: the counts of docs/data.md, token alignment and roles (CLIP BPE and
 BERT WordPiece), and rejections reported with a reason."""
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def test_all_490_align_with_clip_bpe(clip_aligned):
         assert a.tokens_negated[0] == 49406 and a.tokens_negated[-1] == 49407
 
 
-# (item, CLIP tokens of N, roles) written out by hand from the spec's role definition.
+# (item, CLIP tokens of N, roles) written out by hand from the role definitions of docs/data.md.
 HAND_ROLE_TABLE = {
     "existence_visual7w_2393805": (  # "There are no animals." : no further tokens
         ["<start_of_text>", "there</w>", "are</w>", "no</w>", "animals</w>", ".</w>", "<end_of_text>"],
@@ -222,9 +222,9 @@ def test_cli_writes_the_tables(tmp_path):
 
     out = tmp_path / "out"
     code = run_cli(main, ["--model", "tiny", "--pretrained", "none", "--out", str(out),
-                          "--data-dir", str(REPO_VALSE)])
+                          "--valse-dir", str(REPO_VALSE)])
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["counts.json", "exclusions.csv", "pairs.csv", "roles.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "counts.json", "exclusions.csv", "pairs.csv", "report.md", "roles.csv"]
     meta = json.loads((out / "counts.json").read_text())
     assert meta["counts"]["minimal_pairs"] == 490 and meta["counts"]["aligned"] == 490
     pairs = pd.read_csv(out / "pairs.csv")
@@ -233,5 +233,6 @@ def test_cli_writes_the_tables(tmp_path):
     roles = pd.read_csv(out / "roles.csv")
     assert len(roles) == pairs["n_tokens"].sum()
     # a user error ends with exit code 2 and one line, not a traceback
-    assert run_cli(main, ["--model", "tiny", "--pretrained", "none", "--out", str(out),
-                          "--data-dir", str(tmp_path / "nothing")]) == 2
+    assert run_cli(main, ["--model", "tiny", "--pretrained", "none", "--out", str(tmp_path / "other"),
+                          "--valse-dir", str(tmp_path / "nothing")]) == 2
+    assert not (tmp_path / "other").exists()

@@ -231,3 +231,25 @@ def test_near_constant_feature_does_not_capture_the_direction():
     assert d.gap > 3.0
     acc = cv_accuracy(torch.from_numpy(X)[None], y, grouped_folds(np.repeat(np.arange(40), 2), 4))
     assert acc.mean() > 0.9
+
+
+def test_one_task_per_layer_equals_one_call_over_all_layers():
+    """probes.linear fits each (role, layer) as its own task (so a cluster can take them one by one);
+    the rows and directions must be those of probe_layers / fit_direction over every layer at once."""
+    from probes.linear.probe import probe_one_layer
+
+    g = torch.Generator().manual_seed(3)
+    n_layers, n, d = 3, 40, 6
+    labels = np.tile([1, 0], n // 2)
+    groups = np.repeat(np.arange(n // 2), 2)
+    features = torch.randn(n_layers, n, d, generator=g, dtype=torch.float64)
+    features[:, :, 0] += torch.as_tensor(labels, dtype=torch.float64) * torch.tensor([0.2, 1.0, 3.0]).view(-1, 1)
+    layers = [0, 2, 5]  # probed residual-state numbers, not 0..n-1
+    together = probe_layers(features, labels, groups, n_folds=4, C=0.5, seed=1, n_controls=2, layers=layers)
+    for i, layer in enumerate(layers):
+        row, direction = probe_one_layer(("negator", layer, features[i:i + 1], labels, groups, None),
+                                         n_folds=4, C=0.5, seed=1, n_controls=2)
+        assert row == {"role": "negator", **together[i]}
+        reference = fit_direction(features[i], labels, C=0.5, layer=layer, role="negator")
+        assert torch.equal(direction.direction, reference.direction) and direction.layer == layer
+    assert together[2]["accuracy"] > together[0]["accuracy"]  # the planted label grows with the layer

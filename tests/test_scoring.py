@@ -1,5 +1,5 @@
 """Scores: hand-computed image-target and text-target values, d/accuracy/segments, text mode errors,
-CTE invariants of negation-spec.md §3 on the tiny CLIP text tower, and an end-to-end image check
+CTE invariants of docs/tracing.md on the tiny CLIP text tower, and an end-to-end image check
 against a plain open_clip loop."""
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def test_text_target_gap_matches_an_independent_score_on_stored_embeddings(tiny_
 
 
 def test_cte_invariants_with_text_target(tiny_aligned):
-    """negation-spec.md §3: SOT/there/is-are rows 0; (negator, 0) = 1; (EOT, L) = 1; other
+    """docs/tracing.md: SOT/there/is-are rows 0; (negator, 0) = 1; (EOT, L) = 1; other
     positions at layer L = 0. Patching runs batched over all positions of one item per layer."""
     model, aligned = tiny_aligned
     n_layers = model.cfg.n_layers

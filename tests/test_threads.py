@@ -98,6 +98,7 @@ def test_trace_records_the_thread_choice(tmp_path):
                      "--no-progress", "--no-figures", "--out", str(out)]) == 0
     finally:
         torch.set_num_threads(before)
-    info = json.loads((out / "config.json").read_text())["info"]
+    config = json.loads((out / "config.json").read_text())
+    info = config["info"]
     assert info["threads"] == 1 and info["threads_reason"] == "--threads"
-    assert info["args"]["threads_chosen"] == 1
+    assert config["arguments"]["threads_chosen"] == 1

@@ -17,8 +17,8 @@ from interp.cli.trace import main
 TINY_D_EMBED = 32
 EXPECTED_FILES = [
     "config.json", "cells.csv", "items.csv", "roles_all.csv", "roles_by_side.csv", "roles_by_segment_side.csv",
-    "layers.csv", "invariants.csv", "exclusions.csv", "heatmap_caption.png", "heatmap_foil.png",
-    "heatmap_all.png", "report.md",
+    "layers.csv", "invariants.csv", "exclusions.csv", "figures/heatmap_caption.png", "figures/heatmap_foil.png",
+    "figures/heatmap_all.png", "report.md",
 ]
 
 
@@ -38,10 +38,10 @@ def _base_args(out, *extra):
 
 def test_image_run_writes_every_report_file(tmp_path, embeddings_file):
     out = tmp_path / "run"
-    assert main(_base_args(out, "--image-embeddings", str(embeddings_file), "--limit", "6", "--chunk-items", "4")) == 0
+    assert main(_base_args(out, "--image-embeddings", str(embeddings_file), "--limit", "6", "--batch-size", "4")) == 0
     # --limit 6 keeps the first 6 items in file order: all negation-in-caption, so no foil heatmap
     for name in EXPECTED_FILES:
-        assert (out / name).is_file() == (name != "heatmap_foil.png"), name
+        assert (out / name).is_file() == (name != "figures/heatmap_foil.png"), name
     cells = read_csv(out / "cells.csv")
     items = read_csv(out / "items.csv")
     assert len(items) == 6 and set(cells.item_id) == set(items.item_id)
@@ -74,7 +74,7 @@ def test_segment_filter_and_text_mode_report(tmp_path, embeddings_file):
 
 
 def test_killed_run_resumes_to_identical_tables(tmp_path, embeddings_file, monkeypatch):
-    args = ("--image-embeddings", str(embeddings_file), "--limit", "7", "--chunk-items", "2", "--no-figures")
+    args = ("--image-embeddings", str(embeddings_file), "--limit", "7", "--batch-size", "2", "--no-figures")
     assert main(_base_args(tmp_path / "whole", *args)) == 0
 
     real = sweep_module.patched_scores

@@ -3,7 +3,7 @@
 Oracle: interp.tracing.reference (one batch-1 forward per cell with hooks, no shortcuts). Compared:
 the engine's causal fast path and its generic batched path, in patch and noise modes, both
 directions, every kind and a window. Tolerances: effects to 1e-5 (the acceptance bar), fp32.
-The invariants (negation-spec.md §3) must hold *exactly* (deviation 0.0) on random-init models:
+The invariants (docs/tracing.md) must hold *exactly* (deviation 0.0) on random-init models:
 a tiny CLIP tower and a ViT-B-32-sized one (12 layers, width 512, 8 heads, random weights).
 """
 

@@ -1,7 +1,7 @@
 """Planted signal: a hand-built encoder where one head at one known layer copies the negator's flag.
 
 interp.testing.build_negator_copy_encoder: block `copy_layer` holds the only working head; every
-other block is the identity. So (negation-spec.md §3 layout, states 0..L):
+other block is the identity. So (the layout of docs/tracing.md, states 0..L):
 - at states 0..copy_layer the whole N-vs-A gap sits at the negator (CTE 1) and nowhere later (0);
 - from state copy_layer + 1 on it has been copied to the later positions, and since the rest of
   the network is the identity only EOT is read: CTE(EOT) = 1, every other position 0.

@@ -1,4 +1,4 @@
-"""Vector-space alignment by orthogonal Procrustes with cosine / CSLS retrieval (Li et al.; probes-spec D).
+"""Vector-space alignment by orthogonal Procrustes with cosine / CSLS retrieval (Li et al.; CSLS: Conneau et al., ICLR 2018; docs/analyses.md).
 
 Protocol: PCA the larger space down to the smaller one's dimension and centre both (unsupervised,
 fitted on all source rows and the full target vocabulary); fit W = U V^T from SVD(X^T Y) on a training

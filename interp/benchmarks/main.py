@@ -11,7 +11,8 @@ import sys
 
 BENCHMARKS = {"trace": "interp.benchmarks.trace", "ablate": "interp.benchmarks.ablate", "atp": "interp.benchmarks.atp",
               "image-trace": "interp.benchmarks.image_trace", "load": "interp.benchmarks.load",
-              "fidelity": "interp.benchmarks.fidelity"}
+              "fidelity": "interp.benchmarks.fidelity",
+              "cluster": "interp.benchmarks.cluster"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -171,9 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--items", type=int, help="trace only the first N minimal pairs (default all 490)")
     parser.add_argument("--slow-items", default="12", help="items the slow methods run on ('all' = every item; default 12)")
-    parser.add_argument("--chunk-items", type=int, default=DEFAULT_CHUNK_ITEMS)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_CHUNK_ITEMS, help="items traced together (as interp.trace)")
     parser.add_argument("--compare-chunks", default="",
-                        help="also time the engine's full sweep at these --chunk-items values, e.g. 1,4,16 (against the floor)")
+                        help="also time the engine's full sweep at these --batch-size values, e.g. 1,4,16 (against the floor)")
     parser.add_argument("--budget-mb", type=float, default=DEFAULT_BUDGET_MB)
     parser.add_argument("--threads", type=int,
                         help="torch threads (default: the toolkit's choice, interp.runs.threads; 1 makes CPU time = work)")
@@ -220,9 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     compare_chunks = [int(c) for c in args.compare_chunks.split(",") if c.strip()]
     rates_before = measure_matmul_rates()
     peak = rates_before[0]
-    engine_s, stats = _time_engine(model, items, args.chunk_items, args.budget_mb)
+    engine_s, stats = _time_engine(model, items, args.batch_size, args.budget_mb)
     chunk_runs = [(c, _time_engine(model, items, c, args.budget_mb)[0]) for c in compare_chunks]
-    engine_sub_s, _ = _time_engine(model, slow, args.chunk_items, args.budget_mb)
+    engine_sub_s, _ = _time_engine(model, slow, args.batch_size, args.budget_mb)
     ref_s, ref, runs = _time_reference(model, slow)
     tl_s, tl = _time_transformer_lens(model, slow)
     rates_after = measure_matmul_rates()
@@ -276,8 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{' (extrapolated)' if extrapolated else ''} -> {(tl_full / n_cells_tl) / (e_wall / n_cells):.1f}x per cell",
         f"engine cells: {stats.cells_forward} by forward, {stats.cells_shortcut} by exact shortcuts",
         "",
-        *floor_lines(model, items, engine_s, rates, f"engine, full sweep, --chunk-items {args.chunk_items}"),
-        *(line for c, s in chunk_runs for line in floor_lines(model, items, s, rates, f"engine, full sweep, --chunk-items {c}")),
+        *floor_lines(model, items, engine_s, rates, f"engine, full sweep, --batch-size {args.batch_size}"),
+        *(line for c, s in chunk_runs for line in floor_lines(model, items, s, rates, f"engine, full sweep, --batch-size {c}")),
         f"parity on the subset: max |engine - loop| = {diff_ref:.2e}, max |engine - TL| = {diff_tl:.2e} (patched scores)",
     ]
     print("\n".join(lines))  # noqa: T201 - the benchmark's output

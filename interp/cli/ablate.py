@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 # Light imports only at module level (--help and argument errors must not wait for torch).
-from interp.cli.common import add_model_args, load_model_from_args, run_cli
+from interp.cli.common import add_model_args, add_run_args, load_model_from_args, progress_enabled, run_cli
 from interp.cli.validate import UsageParser, at_least, writable_out
-from interp.data.negation import ROLES, align_pairs, load_existence_pairs
+from interp.data.negation import ROLES
 from interp.data.segment_labels import SEGMENT_LABELS
 from interp.errors import ClipInterpError
 from interp.heads.options import FURTHER_POOLS, MEAN_OVER, METHODS, SITES
+from interp.runs.cluster import ModelTask, add_cluster_arg, check_cluster, model_recipe, open_executor
 from interp.presets import PREPROCESS_PIPELINES, preset_record, preset_sentence
 
 if TYPE_CHECKING:
@@ -67,9 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="items of the negator-attention analysis: all (the negation study's; default) or only --segment's")
     p.add_argument("--further-pool", default="max", choices=FURTHER_POOLS,
                    help="pooling of the 'further' positions in the attention role table: max per item (the study's; default) or mean")
-    p.add_argument("--limit", type=int, default=None, help="first N pairs only")
-    p.add_argument("--chunk", type=int, default=32, help="items per saved chunk (default 32)")
-    p.add_argument("--out", default=None, help="run directory (default results/ablate/<model>/<method>/)")
+    p.add_argument("--limit", type=int, default=None, help="first N token-aligned pairs only (taken before --segment)")
+    p.add_argument("--valse-dir", help="folder with VALSE's existence.json (default: the packaged copy)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="items ablated together; a killed run loses at most this many (default 32)")
+    add_run_args(p, out_required=False, out_help="run directory (default results/ablate/<model>/<method>/)")
+    add_cluster_arg(p)
     return p
 
 
@@ -112,50 +116,20 @@ def parse_components(model, kinds: str, layers: str | None) -> list[Component]:
     return comps
 
 
-def _image_embeddings(args, model, aligned) -> torch.Tensor:
-    files = [a.pair.image_file for a in aligned]
-    if args.image_embeddings:
-        from interp.data.image_cache import load_precomputed_embeddings
-
-        emb = load_precomputed_embeddings(args.image_embeddings, files)
-        if emb.shape[1] != model.cfg.d_embed:
-            raise ClipInterpError(
-                f"--image-embeddings {args.image_embeddings} has rows of size {emb.shape[1]} but {args.model}'s text "
-                f"embeddings have {model.cfg.d_embed}: use image embeddings of the same CLIP model"
-            )
-        return emb
-    from interp.data.image_cache import embed_images
-    from interp.models.loading import create_open_clip_model, resolve_pretrained
-
-    from interp.data.images import PreprocessConfig, default_pipeline
-
-    pretrained = resolve_pretrained(args.model, args.pretrained)
-    full = create_open_clip_model(args.model, pretrained, device=args.device, seed=args.seed)
-    preprocess = PreprocessConfig.from_model(full, args.preprocess or default_pipeline(pretrained))
-    return embed_images(full, args.model, pretrained, args.images, files, device=args.device, preprocess=preprocess)
-
-
 def targets(args, model, aligned) -> tuple[str, torch.Tensor, torch.Tensor]:
     """(target kind, directions of the first sentence [item, d], of the second sentence)."""
-    import torch
+    from interp.data.existence import IMAGE, TEXT, check_target, image_directions, image_embeddings, text_directions
 
-    from interp.data.scoring import image_target_directions, text_target_directions
-    from interp.heads.attention import batch_from_ids
-
-    if not (args.images or args.image_embeddings or args.target):
-        raise ClipInterpError(
-            "no target: pass --images DIR (the Visual7W images) or --image-embeddings FILE to score against "
-            "images, or --target text to measure the N-versus-A text gap without images"
-        )
-    if args.target == "text":
-        n = batch_from_ids(model, [a.tokens_negated for a in aligned])
-        a = batch_from_ids(model, [a.tokens_affirmative for a in aligned])
-        with torch.no_grad():
-            direction = text_target_directions(model(n).float().cpu(), model(a).float().cpu())
-        return "text", direction, direction
-    images = _image_embeddings(args, model, aligned)
-    direction = image_target_directions(images, model.logit_scale.detach().float().cpu())
-    return "image", direction, direction
+    kind = check_target(args.images, args.image_embeddings, args.target, args.segment)
+    if kind == TEXT:
+        direction = text_directions(model, aligned).float().cpu()
+        return TEXT, direction, direction
+    emb = image_embeddings(model, [a.pair.image_file for a in aligned], images=args.images,
+                           image_embeddings=args.image_embeddings, model_name=args.model, pretrained=args.pretrained,
+                           device=args.device, seed=args.seed, progress=progress_enabled(args),
+                           preprocess=args.preprocess)
+    direction = image_directions(model, emb).float().cpu()
+    return IMAGE, direction, direction
 
 
 def sentences(aligned, target: str) -> tuple[list, list]:
@@ -219,6 +193,12 @@ def ablate_items(model, aligned, dirs1, dirs2, comps, args, target, means, donor
     return pd.concat(frames, ignore_index=True)
 
 
+def ablate_chunk(model, payload, *, comps, args, target, means) -> pd.DataFrame:
+    """One chunk's rows (a task: runs in the driver or on a cluster worker); payload = (items, dirs1, dirs2, donors)."""
+    part, dirs1, dirs2, donors = payload
+    return ablate_items(model, part, dirs1, dirs2, comps, args, target, means, donors)
+
+
 def summarize_ablation(rows: pd.DataFrame, target: str) -> pd.DataFrame:
     """Per (component, role, group): n, mean clean and ablated d, mean effect, accuracies (images)."""
     import pandas as pd
@@ -268,24 +248,10 @@ def direct_effect_tables(model, aligned, dirs1, dirs2, target, batch_size: int =
 
 def select_items(args, model, aligned, dirs1, dirs2, target):
     """Apply --segment (image target only); returns (items, dirs1, dirs2, exclusions)."""
-    import torch
+    from interp.data.existence import IMAGE, clean_d, select_segment
 
-    from interp.data.scoring import TEXT_MODE_NOTE, score, segments
-    from interp.heads.attention import batch_from_ids
-
-    if args.segment == "all":
-        return aligned, dirs1, dirs2, []
-    if target != "image":
-        raise ClipInterpError(f"--segment {args.segment} needs images: {TEXT_MODE_NOTE}")
-    first, second = sentences(aligned, target)
-    with torch.no_grad():
-        d = score(model(batch_from_ids(model, first)).float().cpu(), dirs1) - score(model(batch_from_ids(model, second)).float().cpu(), dirs2)
-    labels = segments(d)
-    keep = [i for i, lab in enumerate(labels) if lab == args.segment]
-    excluded = [(aligned[i].pair.item_id, f"segment {labels[i]} (d = {float(d[i]):.3f}), not {args.segment}")
-                for i in range(len(aligned)) if labels[i] != args.segment]
-    if not keep:
-        raise ClipInterpError(f"no item is in the {args.segment} segment: choose another --segment or all")
+    d = clean_d(model, aligned, dirs1) if target == IMAGE and args.segment != "all" else None
+    keep, excluded = select_segment(aligned, d, args.segment)
     return [aligned[i] for i in keep], dirs1[keep], dirs2[keep], excluded
 
 
@@ -361,21 +327,21 @@ def write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loa
     quantity = "d" if target == "image" else "S(N) - S(A)"
     if len(heads_all):
         _heatmap(heads_all, "effect", f"mean change in {quantity} when ablating each head ({args.method}); layers/heads 0-indexed",
-                 run.path / "head_importance.png")
+                 run.figure_path("head_importance.png"))
         figures.append("head_importance.png")
     _heatmap(att_mean[att_mean.group == "all"], "mean_score", "negator-selective attention: mean max_q (a_N - a_A); 0-indexed",
-             run.path / "negator_attention.png")
+             run.figure_path("negator_attention.png"))
     figures.append("negator_attention.png")
     blocks = summary[(summary.role == "all") & (summary.group == "all")]
     per_layer = blocks.groupby(["layer", "kind"], as_index=False)["effect"].sum()
     from interp.runs.plots import layer_bars
 
-    layer_bars(per_layer, run.path / "per_layer.png", f"per-layer change in {quantity} ({args.method}; heads summed); 0-indexed",
+    layer_bars(per_layer, run.figure_path("per_layer.png"), f"per-layer change in {quantity} ({args.method}; heads summed); 0-indexed",
                hue="kind")
     figures.append("per_layer.png")
     if de_summary is not None:
         de_heads = de_summary[de_summary.kind == "head"]
-        _heatmap(de_heads, "direct_effect", f"mean direct effect of each head on {quantity}; 0-indexed", run.path / "direct_effects.png")
+        _heatmap(de_heads, "direct_effect", f"mean direct effect of each head on {quantity}; 0-indexed", run.figure_path("direct_effects.png"))
         figures.append("direct_effects.png")
 
     c = model.cfg
@@ -432,8 +398,9 @@ def write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loa
     rep.heading("Invariants checked").bullets([*invariants, *notes])
     rep.heading("Figures")
     for f in figures:
-        rep.image(f, f)
+        rep.image(f"figures/{f}", f)
     rep.write(run.path / "report.md")
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -448,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ClipInterpError("--method atp estimates head ablation at z: drop --site result")
         args.method = args.atp_ablation  # from here on: the ablation AtP estimates
     at_least(args.limit, "--limit")
-    at_least(args.chunk, "--chunk")
+    at_least(args.batch_size, "--batch-size")
     _kinds(args.components)
     _int_list(args.layers, "layers")
     if args.preprocess and not args.images:
@@ -461,21 +428,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ClipInterpError(f"--images {args.images} is not a folder: pass the folder holding the images, or --target text")
     if args.image_embeddings and not Path(args.image_embeddings).is_file():
         raise ClipInterpError(f"--image-embeddings {args.image_embeddings} does not exist: pass the embeddings file, or --target text")
+    check_cluster(args.cluster)  # a bad --cluster fails before anything is loaded or written
     writable_out(args.out)
-    from tqdm.auto import tqdm
-
-    from interp.heads.ablation import reference_means, resample_donors
-    from interp.heads.attention import batch_from_ids
+    from interp.data.existence import check_target, load_aligned
     from interp.models.loading import weights_fingerprint
     from interp.runs.rundir import RunDir, default_run_dir
 
+    check_target(args.images, args.image_embeddings, args.target, args.segment)
     model = load_model_from_args(args).eval()
     comps = parse_components(model, args.components, args.layers)
-    loaded = load_existence_pairs()
-    pairs = loaded.pairs[: args.limit]
-    aligned, rejected = align_pairs(pairs, model.tokenizer)
-    if not aligned:
-        raise ClipInterpError("no pair could be token-aligned with this model's tokenizer; see the log for reasons")
+    data = load_aligned(model.tokenizer, args.valse_dir, model_name=args.model)
+    loaded, aligned, rejected = data.loaded, data.aligned, data.rejected
+    aligned = aligned[: args.limit]  # before --segment: an embeddings file may hold only these items' images
     target, dirs1, dirs2 = targets(args, model, aligned)
     all_aligned = aligned  # the negator attention runs on these unless --attention-items segment
     aligned, dirs1, dirs2, seg_excluded = select_items(args, model, aligned, dirs1, dirs2, target)
@@ -488,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "components": args.components, "layers": args.layers, "by_role": args.by_role,
         "segment": args.segment, "limit": args.limit, "attention_items": args.attention_items,
         "further_pool": args.further_pool,
-        "chunk": args.chunk,  # items batched together: another chunking changes the last bits of the floats
+        "batch_size": args.batch_size,  # items batched together: another batching changes the last bits of the floats
     }
     if target == "image" and not args.image_embeddings:
         from interp.data.images import default_pipeline
@@ -500,8 +464,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "negator_attention": {"further_pool": args.further_pool, "attention_items": args.attention_items},
     }))
     out = Path(args.out) if args.out else default_run_dir("ablate", args.model, ("atp-" if args.atp else "") + args.method)
-    run = RunDir(out, "ablate", settings, info={"device": args.device, "argv": list(argv or sys.argv[1:]),
-                                                "threads": args.threads_chosen, "threads_reason": args.threads_reason})
+    info = {"device": args.device, "argv": list(argv or sys.argv[1:]), "threads": args.threads_chosen,
+            "threads_reason": args.threads_reason}
+    with RunDir(out, "ablate", settings, info, arguments=vars(args), overwrite=args.overwrite, resumable=True) as run:
+        _ablate_into(run, args, model, comps, target, aligned, all_aligned, rejected, seg_excluded, loaded,
+                     dirs1, dirs2, settings)
+        run.finish()
+    log.info("wrote %s", run.path / "report.md")
+    return 0
+
+
+def _ablate_into(run, args, model, comps, target, aligned, all_aligned, rejected, seg_excluded, loaded,
+                 dirs1, dirs2, settings) -> None:
+    """Ablate the items not yet in ``run`` (in process or on a cluster), then write the tables,
+    figures and report (and, for --method atp --atp-check N, the fidelity table)."""
+    from tqdm.auto import tqdm
+
+    from interp.heads.ablation import reference_means, resample_donors
+    from interp.heads.attention import batch_from_ids
 
     # The reference set is every selected item (fixed before any chunk runs, so resuming gives the same values).
     first, second = sentences(aligned, target)
@@ -521,27 +501,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = run.items.done()
     # Chunks are fixed slices of the full item list, whatever is already done: a resumed run batches
     # every item with the same neighbours as an uninterrupted one, so its floats are bit-identical.
-    chunks = [aligned[start:start + args.chunk] for start in range(0, n_items, args.chunk)]
+    chunks = [aligned[start:start + args.batch_size] for start in range(0, n_items, args.batch_size)]
     todo = [part for part in chunks if any(a.pair.item_id not in done for a in part)]
     log.info("%d items in %d chunks, %d chunks to run", n_items, len(chunks), len(todo))
-    for part in tqdm(todo, desc="ablation chunks"):
+    payloads = []  # one task per chunk: its items, their directions and resample donors
+    for part in todo:
         rows_idx = [index_of[a.pair.item_id] for a in part]
         donors = None
         if donor_index is not None:
             sel = rows_idx + [n_items + i for i in rows_idx]
             donors = (reference[donor_index[sel]], donor_pos[sel])
-        rows = ablate_items(model, part, dirs1[rows_idx], dirs2[rows_idx], comps, args, target, means, donors)
-        for item_id, item_rows in rows.groupby("item_id", sort=False):
-            if item_id not in done:
-                run.items.write(item_id, item_rows)
+        payloads.append((part, dirs1[rows_idx], dirs2[rows_idx], donors))
+    task = ModelTask(model_recipe(args, model, settings["weights_fingerprint"]), ablate_chunk)
+    shared = {"comps": comps, "args": args, "target": target, "means": means}
+    with open_executor(args.cluster) as executor:
+        for _, rows in tqdm(executor.map(task, payloads, shared, name="ablate-chunk"), total=len(payloads),
+                            desc="ablation chunks", disable=not progress_enabled(args)):
+            for item_id, item_rows in rows.groupby("item_id", sort=False):
+                if item_id not in done:
+                    run.items.write(item_id, item_rows)
 
     write_outputs(run, model, args, target, aligned, rejected, seg_excluded, loaded, dirs1, dirs2, comps,
                   attention_aligned=all_aligned if args.attention_items == "all" else aligned)
     if args.atp and args.atp_check:
         _atp_fidelity(run, model, aligned[: args.atp_check], dirs1[: args.atp_check], dirs2[: args.atp_check],
                       comps, args, target, means)
-    log.info("wrote %s", run.path / "report.md")
-    return 0
 
 
 def _atp_fidelity(run, model, items, dirs1, dirs2, comps, args, target, means) -> None:

@@ -4,6 +4,11 @@ Every CLI takes the model the same way: ``--model NAME --pretrained TAG|PATH|non
 random init, seeded by ``--seed``), plus ``--device`` and ``--dtype``. Expected failures
 (:class:`interp.errors.ClipInterpError`) end the run with one line on stderr and exit code 2, never
 a multi-page traceback; ``--debug`` shows the traceback.
+
+Every command also shares the run flags (:func:`add_run_args`): ``--out`` and ``--overwrite`` (the run
+contract of :class:`interp.runs.rundir.RunDir`), ``--threads``, ``--no-progress`` (progress bars are
+also off whenever stderr is not a terminal), and uses the same names for the same things:
+``--valse-dir``, ``--batch-size``, ``--limit``, ``--seed``.
 """
 
 from __future__ import annotations
@@ -46,6 +51,50 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default="float32", choices=sorted(DTYPE_NAMES), help="precision of the encoder (default float32)")
     group.add_argument("--seed", type=int, default=0, help="seed of random init and of every random draw (default 0)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+
+
+# Arguments that never change a run's results: left out of the settings a resumed run must match.
+NON_RESULT_ARGS = frozenset({"out", "overwrite", "debug", "no_progress", "threads", "name", "device"})
+
+
+def add_run_args(parser: argparse.ArgumentParser, *, out_help: str, out_required: bool = True) -> None:
+    """``--out``, ``--overwrite``, ``--threads``, ``--no-progress``: the flags of the run contract."""
+    group = parser.add_argument_group("run")
+    group.add_argument("--out", required=out_required, help=out_help + "; rerunning with the same settings "
+                       "resumes (or does nothing when the run is complete), other settings are refused")
+    group.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
+    group.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    group.add_argument("--no-progress", action="store_true",
+                       help="no progress bar (also off when stderr is not a terminal)")
+
+
+def check_positive(value: int | float | None, flag: str) -> None:
+    """Refuse a count flag below 1 (``--limit``, ``--batch-size``, ``--threads``) before any work."""
+    if value is not None and value < 1:
+        raise ClipInterpError(f"{flag} {value} must be at least 1")
+
+
+def apply_threads(args: argparse.Namespace) -> int:
+    """Set torch's CPU threads from ``--threads`` (when given); returns the count torch now uses."""
+    import torch
+
+    threads = getattr(args, "threads", None)
+    check_positive(threads, "--threads")
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    """Show progress bars unless ``--no-progress`` or stderr is not a terminal (logs, pipes, CI)."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+def run_settings(args: argparse.Namespace, **extra) -> dict:
+    """The arguments that decide a run's results (every flag but :data:`NON_RESULT_ARGS`), plus ``extra``."""
+    settings = {k: v for k, v in vars(args).items() if k not in NON_RESULT_ARGS}
+    settings.update(extra)
+    return settings
 
 
 def check_device(device: str) -> None:
@@ -104,6 +153,10 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         message = " ".join(str(err).split())  # one line, whatever the message holds
         print(f"error: {message}", file=sys.stderr)  # noqa: T201 - the CLI's one-line answer
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted: finished items are saved; rerun the same command to resume", file=sys.stderr)  # noqa: T201
+    except KeyboardInterrupt as err:
+        from interp.runs.rundir import RunInterrupted
+
+        # A RunInterrupted says what its run directory kept; before one is opened nothing was written.
+        message = str(err) if isinstance(err, RunInterrupted) else "interrupted: nothing written (no run folder was opened yet)"
+        print(message, file=sys.stderr)  # noqa: T201
         return 130

@@ -12,6 +12,7 @@ COMMANDS = {
     "ablate": ("interp.cli.ablate", "interp.ablate"),
     "data": ("interp.cli.data", "interp.data"),
     "image": ("interp.cli.image", "interp.image"),
+    "sweep": ("interp.cli.sweep", "interp.sweep"),
     "bench": ("interp.benchmarks.main", "interp.bench"),
     "ideal-words": ("probes.cli.ideal_words", "probes.ideal_words"),
     "linear-probe": ("probes.cli.linear", "probes.linear"),

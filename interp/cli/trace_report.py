@@ -10,7 +10,7 @@ Files (in the run directory):
 - ``layers.csv``: per layer and negation side, statistics over all cells;
 - ``invariants.csv``: the reference study's invariants with measured deviations;
 - ``exclusions.csv``: every item not traced, with the stage and reason;
-- ``heatmap_<side>.png`` / ``heatmap_all.png`` and ``report.md``.
+- ``figures/heatmap_<side>.png`` / ``figures/heatmap_all.png`` and ``report.md``.
 """
 
 from __future__ import annotations
@@ -105,10 +105,10 @@ def write_outputs(run: RunDir, ctx: RunContext, figures: bool = True) -> list[Pa
             if len(part):
                 n = int(items["negation_side"].eq(side).sum())
                 figure_paths[side] = roles_layers_heatmap(
-                    relabel_roles(role_matrix(part), cfg), run.path / f"heatmap_{side}.png",
+                    relabel_roles(role_matrix(part), cfg), run.figure_path(f"heatmap_{side}.png"),
                     f"{SIDE_TITLES[side]} (n = {n}): effect by role and layer", xlabel=xlabel)
         figure_paths["all"] = roles_layers_heatmap(
-            relabel_roles(role_matrix(role_table(cells)), cfg), run.path / "heatmap_all.png",
+            relabel_roles(role_matrix(role_table(cells)), cfg), run.figure_path("heatmap_all.png"),
             f"all items (n = {len(items)}): effect by role and layer", xlabel=xlabel)
         written += list(figure_paths.values())
     report = _report(run, ctx, cells, items, by_side, inv, why_not, excluded, figure_paths)

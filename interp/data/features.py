@@ -1,4 +1,4 @@
-"""Dataset features of the negation pairs and how they relate to d (negation-spec.md §6).
+"""Dataset features of the negation pairs and how they relate to d (docs/data.md, "Dataset-feature table").
 
 One row per item: caption-foil text similarity (cosine of the two text embeddings, the rephrased
 texts actually scored), token count, negation side, d. Then Pearson r of similarity and of length

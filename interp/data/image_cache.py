@@ -38,12 +38,12 @@ from tqdm.auto import tqdm
 
 from interp.data.images import ImageDataError, PreprocessConfig, check_image_files, load_image_batch
 from interp.models.loading import weights_fingerprint
+from interp.files import atomic_path, atomic_write_text, file_sha256
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV_VAR = "CLIP_INTERP_CACHE_DIR"
 _LISTED_MISSING = 5
-_HASH_CHUNK = 1 << 20
 
 
 def default_cache_dir() -> Path:
@@ -51,14 +51,6 @@ def default_cache_dir() -> Path:
     root = os.environ.get(CACHE_ENV_VAR)
     base = Path(root) if root else Path.home() / ".cache" / "clip-interp"
     return base / "image-embeddings"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def checkpoint_id(model: torch.nn.Module, checkpoint: str | os.PathLike | None) -> str:
@@ -73,10 +65,8 @@ def checkpoint_id(model: torch.nn.Module, checkpoint: str | os.PathLike | None) 
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array)
-    os.replace(tmp, path)
 
 
 class ImageEmbeddingCache:
@@ -111,9 +101,7 @@ class ImageEmbeddingCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         key_file = self.directory / "key.json"
         if not key_file.exists():
-            tmp = key_file.with_name(f".key.json.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.key, indent=2, sort_keys=True))
-            os.replace(tmp, key_file)
+            atomic_write_text(key_file, json.dumps(self.key, indent=2, sort_keys=True))
         _atomic_save_npy(self._path(file_hash), np.asarray(embedding, dtype=np.float32))
 
 
@@ -293,17 +281,16 @@ def save_precomputed_embeddings(
             f"({len(set(image_files))} distinct)"
         )
     table: dict[str, Any] = {name: np.ascontiguousarray(row) for name, row in zip(image_files, array)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if path.suffix.lower() == ".npz":
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **table)
-    elif path.suffix.lower() == ".safetensors":
-        from safetensors.numpy import save_file
-
-        save_file(table, str(tmp))
-    else:
+    if path.suffix.lower() not in (".npz", ".safetensors"):
         raise ImageDataError(f"{path}: save as .npz or .safetensors")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".npz":
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **table)
+        else:
+            from safetensors.numpy import save_file
+
+            save_file(table, str(tmp))
     return path
 
 

@@ -19,7 +19,7 @@ greyscale images are resampled in their own mode exactly like open_clip does), s
 normalise with CLIP's mean/std in float32. ``tests/test_images.py`` checks it equals open_clip's
 transform on greyscale, RGB, RGBA, palette and non-square images.
 
-About 60% of VALSE existence items sit within |d| < 1 (negation-spec.md §2): a different resize or
+About 60% of VALSE existence items sit within |d| < 1 (Quantmeyer et al. 2024; docs/data.md, "Scores"): a different resize or
 crop flips many of them, which is why exact parity matters.
 """
 

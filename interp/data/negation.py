@@ -1,6 +1,6 @@
 """VALSE existence as token-aligned negation minimal pairs, with token roles per tokenizer.
 
-The rule (negation-spec.md §1): keep valid items whose caption starts with "There are" or
+The rule (Quantmeyer et al. 2024; docs/data.md, "Existence minimal pairs"): keep valid items whose caption starts with "There are" or
 "There is". The negated sentence N is the VALSE sentence with "no" (the caption when
 ``provenance_of_foils == "zero_to_something"``, else the foil). For "There are" items the word
 ``some`` is inserted right after "are" in the non-negated sentence ("There are people." ->
@@ -18,7 +18,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 from interp.data.valse import ValseDataError, ValseItem, load_piece
 
@@ -36,6 +36,7 @@ AFFIRMATIVE_SLOT_WORDS = ("some", "a", "an")
 _NEGATOR_SLOT = 2  # word index of the slot ("There", "is/are", slot)
 
 
+@runtime_checkable  # lets runtime type checkers (beartype in the tests) check it
 class TokenizerLike(Protocol):
     def encode(self, text: str) -> list[int]: ...
 

@@ -13,7 +13,7 @@ item and ``score(x, direction) = normalize(x) · direction``:
   :func:`summarize` returns None for them with a note saying why.
 
 Pairwise: ``d = S(caption, image) - S(foil, image)``; correct when d > 0; acc_r = share with d > 0;
-segments (negation-spec.md §2): incorrect d < -1, ambiguous -1 <= d < 1, correct d >= 1.
+segments (Quantmeyer et al. 2024; docs/data.md, "Scores"): incorrect d < -1, ambiguous -1 <= d < 1, correct d >= 1.
 """
 
 from __future__ import annotations
@@ -68,9 +68,10 @@ def normalize(x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
 
 
-def score(text_embeddings: Float[Tensor, "... d"], direction: Float[Tensor, "... d"]) -> Float[Tensor, "..."]:
+def score(text_embeddings: Float[Tensor, "*emb d"], direction: Float[Tensor, "*dir d_dir"]) -> Float[Tensor, "..."]:
     """``normalize(text_embeddings) · direction``; leading axes broadcast (e.g. embeddings
-    ``[item, layer, pos, d]`` with ``direction[:, None, None, :]``)."""
+    ``[item, layer, pos, d]`` with ``direction[:, None, None, :]``). ``d_dir`` must equal ``d``: checked
+    below with an error that says what to do."""
     if text_embeddings.shape[-1] != direction.shape[-1]:
         raise ScoreInputError(
             f"text embeddings have size {text_embeddings.shape[-1]} but the target direction has "

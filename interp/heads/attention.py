@@ -1,4 +1,4 @@
-"""Negator-selective attention heads (negation-spec.md §4).
+"""Negator-selective attention heads (Quantmeyer et al. 2024; docs/heads.md).
 
 For an item with negated sentence N and affirmative sentence A (token-aligned, differing only at
 the negator slot ``k``), layer ``l`` and head ``h``: ``a_N[q]`` is the attention weight from query
@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from interp.data.negation import ROLES, AlignedPair
 from interp.errors import ClipInterpError
 from interp.models.tokenization import TokenBatch
+from interp.models.tokenization import batch_from_ids as build_batch
 
 log = logging.getLogger(__name__)
 
@@ -52,34 +53,12 @@ def head_label(layer: int, head: int, one_indexed: bool = False) -> str:
 
 
 def batch_from_ids(model, ids: Sequence[Sequence[int]], texts: Sequence[str] | None = None) -> TokenBatch:
-    """A right-padded :class:`TokenBatch` from token id lists (with special tokens).
-
-    The pooled position follows ``model.cfg.pool``: the largest id for CLIP's ``argmax``, the
-    first ``eos_token_id`` for ``eos``, the last real token otherwise (as the tokenizers do).
-    """
+    """A right-padded :class:`TokenBatch` for ``model`` from token id lists (with special tokens),
+    pooled as ``model.cfg.pool`` says (:func:`interp.models.tokenization.batch_from_ids`)."""
     if not ids:
         raise AttentionInputError("no sentences given: pass at least one token id list")
     pad_id = model.tokenizer.pad_id if model.tokenizer is not None else 0
-    width = max(len(seq) for seq in ids)
-    tokens = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.bool)
-    for row, seq in enumerate(ids):
-        tokens[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
-        mask[row, : len(seq)] = True
-    lengths = mask.sum(-1)
-    if model.cfg.pool == "argmax":
-        pool_index = tokens.argmax(-1)
-    elif model.cfg.pool == "eos":
-        pool_index = (tokens == model.cfg.eos_token_id).int().argmax(-1)
-    else:
-        pool_index = lengths - 1
-    return TokenBatch(
-        tokens=tokens,
-        attention_mask=mask,
-        pool_index=pool_index,
-        token_type_ids=torch.zeros_like(tokens),
-        texts=list(texts) if texts is not None else [""] * len(ids),
-    )
+    return build_batch(ids, pad_id=pad_id, pool=model.cfg.pool, eos_token_id=model.cfg.eos_token_id, texts=texts)
 
 
 def pair_batches(model, aligned: Sequence[AlignedPair]) -> tuple[TokenBatch, TokenBatch]:

@@ -20,8 +20,6 @@ truncates there, so they never take part. tests/test_bert.py proves parity with 
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import importlib
 import json
 import logging
@@ -33,12 +31,13 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from interp.models.checks import check_finite_tensors, read_safetensors
+from interp.models.checks import check_finite_tensors
 from interp.models.config import ConfigError, TextEncoderConfig
-from interp.models.convert import _bias_heads, _heads_in, _heads_out  # one named-axis split for every format
+from interp.models.convert import _bias_heads, _heads_in, _heads_out, read_state_dict  # one named-axis split for every format
 from interp.models.text_encoder import HookedTextEncoder
 from interp.errors import CheckpointMismatchError, UnknownModelError, WeightsUnavailableError
-from interp.models.tokenization import TokenBatch, TokenizationError, _batch, _check_texts, _pad_width
+from interp.files import file_sha256
+from interp.models.tokenization import TokenBatch, TokenizationError, _check_texts, _pad_width, batch_from_ids
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +132,7 @@ class WordPieceTokenizer:
         encoded = self._tok.encode_batch([self._prepare(t) for t in texts])
         ids = [self._fit(t, e.ids, truncate) for t, e in zip(texts, encoded)]
         width = _pad_width([len(s) for s in ids], pad_to, self.context_length)
-        return _batch(ids, texts, self.pad_id, width, [len(s) - 1 for s in ids])
+        return batch_from_ids(ids, pad_id=self.pad_id, width=width, texts=texts)  # pooled at [SEP], the last token
 
 
 # ---------------------------------------------------------------------------------------- directory
@@ -308,30 +307,6 @@ def convert_bert_state_dict(sd: dict[str, Tensor], cfg: TextEncoderConfig, sourc
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        return read_safetensors(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user error
-        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {err}") from err
-
-
-@functools.lru_cache(maxsize=8)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file (cached per path, size and modification time within a process)."""
-    stat = Path(path).stat()
-    return _sha256_cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-
-
 # ---------------------------------------------------------------------------------------- loaders
 def load_bert_directory(
     path: str | Path,
@@ -358,7 +333,7 @@ def load_bert_directory(
             )
     cfg = bert_config(directory, model_name or directory.path.name, pretrained or str(directory.path))
     cfg.extra["weights_sha256"] = file_sha256(directory.weights)
-    raw = _read_weights(directory.weights)
+    raw = read_state_dict(directory.weights)
     check_finite_tensors(raw.items(), str(directory.weights))
     sd = convert_bert_state_dict(raw, cfg, str(directory.weights))
     encoder = _new_encoder(cfg, directory)

@@ -8,12 +8,14 @@ result equal to the source's own ``encode_text`` / ``CLIPTextModelWithProjection
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import einops
 import torch
 from torch import Tensor, nn
 
+from interp.errors import CheckpointMismatchError
 from interp.models.towers import check_open_clip_tower
 from interp.models.config import ConfigError, TextEncoderConfig
 
@@ -238,3 +240,26 @@ def convert_hf_clip_text(model: nn.Module, model_name: str = "hf-clip", pretrain
     logit_scale = getattr(model, "logit_scale", None)
     log_scale = float(logit_scale.detach()) if logit_scale is not None else float("nan")
     return cfg, {k: v.detach() for k, v in sd.items()}, log_scale
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a checkpoint file (``.safetensors``, or a torch ``.pt``/``.bin`` state dict read with
+    ``weights_only``), unwrapped from a ``{"state_dict": ...}`` container and without DataParallel's
+    ``module.`` prefix: the one checkpoint reader of every converter."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from interp.models.checks import read_safetensors  # a truncated or non-safetensors file: a clear error
+
+        sd = read_safetensors(path)
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user error
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointMismatchError(f"cannot read checkpoint {path} ({first[:160]}): pass an open_clip state dict "
+                                          "saved with torch.save or safetensors") from err
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise CheckpointMismatchError(f"checkpoint {path} holds a {type(sd).__name__}, not a state dict")
+    return {k.removeprefix("module."): v for k, v in sd.items()}

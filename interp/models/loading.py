@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from interp.models.compat import import_open_clip, import_transformers
-from interp.models.checks import check_device, check_finite_tensors, read_config_json, read_safetensors
-from interp.models.convert import convert_hf_clip_text, convert_open_clip_text
+from interp.models.checks import check_device, check_finite_tensors, read_config_json
+from interp.models.convert import convert_hf_clip_text, convert_open_clip_text, read_state_dict
 from interp.models.text_encoder import HookedTextEncoder
 from interp.models.towers import check_open_clip_text_config
 from interp.errors import CheckpointMismatchError, UnknownModelError, WeightsUnavailableError
@@ -110,23 +110,6 @@ def _check_open_clip_name(name: str) -> None:
         )
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        sd = read_safetensors(path)
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user error
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointMismatchError(f"cannot read checkpoint {path} ({first[:160]}): pass an open_clip state dict "
-                                          "saved with torch.save or safetensors") from err
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise CheckpointMismatchError(f"checkpoint {path} holds a {type(sd).__name__}, not a state dict")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
-
-
 def _check_fits(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: Path, model_name: str) -> None:
     """Raise :class:`CheckpointMismatchError` naming the tensors of ``sd`` that do not fit ``expected``."""
     wrong_shape = [
@@ -145,7 +128,7 @@ def _check_fits(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], 
 
 def load_checkpoint_into(model: nn.Module, path: Path, model_name: str) -> None:
     """Load a state-dict file into an open_clip model, naming every tensor that does not fit."""
-    sd = _read_state_dict(path)
+    sd = read_state_dict(path)
     expected = model.state_dict()
     _check_fits(sd, expected, path, model_name)
     check_finite_tensors(((k, v) for k, v in sd.items() if k in expected), f"checkpoint {path}")
@@ -159,7 +142,7 @@ def load_text_checkpoint_into(tower: nn.Module, path: Path, model_name: str, pre
     """Load a full open_clip checkpoint's text-tower tensors (under ``prefix``) into a text tower built
     alone; the image tower's tensors are never materialised in a model. Returns the checkpoint's log
     logit scale (NaN when it has none)."""
-    checkpoint = _read_state_dict(path)
+    checkpoint = read_state_dict(path)
     expected = tower.state_dict()
     sd = {k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix) and k[len(prefix):] in expected}
     _check_fits(sd, expected, path, model_name)

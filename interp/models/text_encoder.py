@@ -25,7 +25,7 @@ from transformer_lens.hook_points import HookPoint
 from interp.models.components import Embed, LayerNorm, TransformerBlock
 from interp.models.config import TextEncoderConfig
 from interp.models.lens import EncoderActivationCache, LensWeights
-from interp.models.tokenization import TextTokenizer, TokenBatch
+from interp.models.tokenization import TextTokenizer, TokenBatch, batch_from_ids, pool_positions
 
 TextInput = str | Sequence[str] | TokenBatch | Int[Tensor, "batch pos"]
 
@@ -165,18 +165,14 @@ class HookedTextEncoder(LensWeights, HookedRootModule):
         if ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"token ids must be an integer tensor, got {ids.dtype}")
         pad_id = self.tokenizer.pad_id if self.tokenizer is not None else 0
-        if self.cfg.pool in ("argmax", "eos"):
-            pool_index = self._pool_positions(ids)
-            mask = torch.arange(ids.shape[1], device=ids.device) <= pool_index.unsqueeze(1)
+        ids = ids.long().cpu()
+        if self.cfg.pool in ("argmax", "eos"):  # real tokens end at the pooled one (EOT / [SEP])
+            lengths = pool_positions(ids, (ids != pad_id).sum(-1), self.cfg.pool, self.cfg.eos_token_id) + 1
         else:
-            mask = ids != pad_id
-            pool_index = mask.sum(-1) - 1
-        return TokenBatch(ids, mask, pool_index, torch.zeros_like(ids), texts=[""] * ids.shape[0])
-
-    def _pool_positions(self, ids: Int[Tensor, "batch pos"]) -> Int[Tensor, " batch"]:
-        if self.cfg.pool == "argmax":  # open_clip: EOT has the largest id; first maximum wins
-            return ids.argmax(dim=-1)
-        return (ids == self.cfg.eos_token_id).int().argmax(dim=-1)
+            lengths = (ids != pad_id).sum(-1)
+        rows = [row[:n].tolist() for row, n in zip(ids, lengths.tolist())]
+        return batch_from_ids(rows, pad_id=pad_id, width=ids.shape[1], pool=self.cfg.pool,
+                              eos_token_id=self.cfg.eos_token_id)
 
     # ------------------------------------------------------------------ forward
     def attention_mask(self, batch: TokenBatch) -> Float[Tensor, "batch_or_1 1 pos_or_1 pos"]:
@@ -264,7 +260,7 @@ class HookedTextEncoder(LensWeights, HookedRootModule):
         pool = self.cfg.pool
         rows = torch.arange(x.shape[0], device=x.device)
         if pool in ("argmax", "eos"):
-            return x[rows, self._pool_positions(batch.tokens)]
+            return x[rows, pool_positions(batch.tokens, batch.attention_mask.sum(-1), pool, self.cfg.eos_token_id)]
         if pool == "first":
             return x[:, 0]
         if pool == "last":

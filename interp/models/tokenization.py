@@ -14,7 +14,7 @@ import functools
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 from jaxtyping import Bool, Int
@@ -80,6 +80,7 @@ class TokenBatch:
         return self.tokens.shape[0]
 
 
+@runtime_checkable  # lets runtime type checkers (beartype in the tests) check it
 class TextTokenizer(Protocol):
     """What the hooked encoders need from a tokenizer."""
 
@@ -137,8 +138,30 @@ def _pad_width(lengths: list[int], pad_to: str | int, context_length: int) -> in
     )
 
 
-def _batch(ids: list[list[int]], texts: list[str], pad_id: int, width: int,
-           pool_index: list[int]) -> TokenBatch:
+def pool_positions(tokens: Int[Tensor, "batch pos"], lengths: Int[Tensor, " batch"], pool: str,
+                   eos_token_id: int | None = None) -> Int[Tensor, " batch"]:
+    """Where each row is pooled: ``argmax`` = the largest id (open_clip: EOT has the largest id; the
+    first maximum wins), ``eos`` = the first ``eos_token_id``, anything else = the last real token."""
+    if pool == "argmax":
+        return tokens.argmax(dim=-1)
+    if pool == "eos":
+        return (tokens == eos_token_id).int().argmax(dim=-1)
+    return lengths - 1
+
+
+def batch_from_ids(ids: Sequence[Sequence[int]], *, pad_id: int = 0, width: int | None = None, pool: str = "last",
+                   eos_token_id: int | None = None, texts: Sequence[str] | None = None) -> TokenBatch:
+    """A right-padded :class:`TokenBatch` from token id lists (with special tokens): the one builder.
+
+    ``width`` pads further than the longest list; ``pool`` chooses the pooled position
+    (:func:`pool_positions`, ``model.cfg.pool``).
+
+    >>> b = batch_from_ids([[49406, 320, 49407], [49406, 49407]], pool="argmax")
+    >>> b.tokens.tolist(), b.attention_mask.sum(-1).tolist(), b.pool_index.tolist()
+    ([[49406, 320, 49407], [49406, 49407, 0]], [3, 2], [2, 1])
+    """
+    ids = [list(seq) for seq in ids]
+    width = max(len(seq) for seq in ids) if width is None else width
     tokens = torch.full((len(ids), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.bool)
     for row, seq in enumerate(ids):
@@ -147,9 +170,9 @@ def _batch(ids: list[list[int]], texts: list[str], pad_id: int, width: int,
     return TokenBatch(
         tokens=tokens,
         attention_mask=mask,
-        pool_index=torch.tensor(pool_index, dtype=torch.long),
+        pool_index=pool_positions(tokens, mask.sum(-1), pool, eos_token_id),
         token_type_ids=torch.zeros_like(tokens),
-        texts=texts,
+        texts=list(texts) if texts is not None else [""] * len(ids),
     )
 
 
@@ -210,4 +233,4 @@ class CLIPTokenizer:
         texts = _check_texts(texts)
         ids = [self.encode(t, truncate=truncate) for t in texts]
         width = _pad_width([len(s) for s in ids], pad_to, self.context_length)
-        return _batch(ids, texts, self.pad_id, width, [len(s) - 1 for s in ids])
+        return batch_from_ids(ids, pad_id=self.pad_id, width=width, texts=texts)  # pooled at EOT, the last token

@@ -8,12 +8,12 @@ around 0). Plotting needs the ``plots`` extra (matplotlib, seaborn); the engines
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from interp.errors import ClipInterpError
+from interp.files import save_figure
 
 
 def _pyplot():
@@ -29,16 +29,7 @@ def _pyplot():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")  # the one atomic writer (interp.files)
 
 
 def _finish(plt, fig, ax, path: str | os.PathLike, title: str, xlabel: str, ylabel: str = "",
@@ -115,6 +106,6 @@ def layer_bars(
     return _finish(plt, fig, ax, path, title, xlabel, y, title_size=9)
 
 
-# Public names for callers drawing their own figures with the same backend and atomic save.
+# Public name for callers drawing their own figures with the same backend (save them with
+# interp.files.save_figure or RunDir.save_figure).
 pyplot_and_seaborn = _pyplot
-save_figure = _save

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from interp.runs.rundir import atomic_write_text
+from interp.files import atomic_write_text
 
 
 def _cell(value: Any, floatfmt: str) -> str:

@@ -1,4 +1,4 @@
-"""Causal tracing of where a text encoder carries negation (negation-spec.md §3).
+"""Causal tracing of where a text encoder carries negation (Quantmeyer et al. 2024; docs/tracing.md).
 
 - :mod:`~interp.tracing.spec`: what a cell patches (kind, window, hook names).
 - :mod:`~interp.tracing.options`: choices and defaults of the commands (no torch).

@@ -4,7 +4,7 @@ Input: the long per-cell table (one row per item x layer x position) with at lea
 ``layer``, ``position``, ``role``, ``effect`` and any grouping columns (``negation_side``,
 ``segment``). A role's value at a layer is the mean of the effect over every (item, position) of
 that role: single-position roles average over items, and "further" tokens are weighted by each
-item's count of them (items with none contribute nothing), as negation-spec.md §3 step 4 says.
+item's count of them (items with none contribute nothing), as docs/tracing.md describes.
 """
 
 from __future__ import annotations

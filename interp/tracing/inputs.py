@@ -1,6 +1,6 @@
 """Turn minimal pairs into :class:`~interp.tracing.engine.TraceRuns` and runs' scores into effects.
 
-Modes (negation-spec.md §3):
+Modes (docs/tracing.md):
 
 - ``patch`` (the reference study's): base = A, source = N (``direction="denoise"``), or base = N,
   source = A (``"noise"``). One run per item.

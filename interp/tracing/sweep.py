@@ -10,6 +10,7 @@ at most the item in flight).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.data.negation import AlignedPair
+from interp.runs.cluster import InProcessExecutor, ModelRecipe, ModelTask
 from interp.runs.rundir import ItemTable
 from interp.data.scoring import text_target_directions
 from interp.tracing.atp import atp_patched_scores
@@ -113,10 +115,41 @@ def item_rows(item: AlignedPair, effect: np.ndarray, patched: np.ndarray, base: 
     }, columns=CELL_COLUMNS)
 
 
+@dataclass
+class ChunkResult:
+    """What one traced chunk sends back to the driver: ``[item, axis, pos]`` effects and cell counts."""
+
+    effect: np.ndarray
+    patched: np.ndarray
+    base: np.ndarray
+    source: np.ndarray
+    n_forward: int
+    n_shortcut: int
+
+
+def trace_chunk(model, payload: tuple[list[AlignedPair], Tensor | None], *, spec: TraceSpec, mode: str,
+                direction: str, noise: NoiseConfig | None, budget_mb: float, method: str = "exact") -> ChunkResult:
+    """Trace one chunk of items (a task: runs in the driver or on a cluster worker).
+
+    ``payload`` = (items, their target directions ``[item, d_embed]``, or None for the text target,
+    whose directions the task computes with its own model).
+    """
+    chunk_items, dirs = payload
+    if dirs is None:
+        dirs = text_directions(model)(chunk_items, range(len(chunk_items)))
+    runs, per_item = build_runs(model, chunk_items, dirs, mode, direction, noise)
+    if method == "atp":
+        result = atp_patched_scores(model, runs, spec)
+    else:
+        result = patched_scores(model, runs, spec, budget_mb=budget_mb)
+    effect, patched, base, source = (t.detach().double().cpu().numpy() for t in effects(result, per_item))
+    return ChunkResult(effect, patched, base, source, result.n_forward, result.n_base_equal + result.n_source_equal)
+
+
 def run_sweep(
     model,
     items: Sequence[AlignedPair],
-    directions: Callable[[Sequence[AlignedPair], Sequence[int]], Tensor | str],
+    directions: Callable[[Sequence[AlignedPair], Sequence[int]], Tensor | str] | None,
     table: ItemTable,
     spec: TraceSpec,
     *,
@@ -129,9 +162,16 @@ def run_sweep(
     budget_mb: float = DEFAULT_BUDGET_MB,
     progress: bool = True,
     method: str = "exact",
+    executor=None,
+    recipe: ModelRecipe | None = None,
 ) -> SweepStats:
     """Trace every item not yet in ``table``; write each item's rows when its chunk finishes.
-    ``method="atp"`` writes first-order estimates (:mod:`interp.tracing.atp`) instead of re-runs."""
+
+    ``directions(items, index)`` gives a chunk's target directions (None: the text target, computed
+    inside each task). ``method="atp"`` writes first-order estimates (:mod:`interp.tracing.atp`)
+    instead of re-runs. ``executor`` (:func:`interp.runs.cluster.open_executor`; default: this
+    process) runs the chunks; a cluster needs ``recipe``, which names the model its workers load.
+    """
     done = table.done()
     stats = SweepStats()
     plan = chunk_plan(items, chunk_items)
@@ -139,25 +179,29 @@ def run_sweep(
     stats.items_skipped = len(items) - sum(len(c) for c in todo)
     if stats.items_skipped:
         log.info("resuming: %d of %d items already in %s", stats.items_skipped, len(items), table.path)
+    if executor is None:
+        executor = InProcessExecutor()
+    if recipe is None and not isinstance(executor, InProcessExecutor):
+        raise ValueError("a cluster executor needs the model's recipe (interp.runs.cluster.model_recipe)")
+    task = functools.partial(trace_chunk, model) if recipe is None else ModelTask(recipe, trace_chunk)
+    payloads = []
+    for chunk in todo:
+        chunk_items_ = [items[i] for i in chunk]
+        payloads.append((chunk_items_, None if directions is None else directions(chunk_items_, chunk)))
+    shared = {"spec": spec, "mode": mode, "direction": direction, "noise": noise, "budget_mb": budget_mb, "method": method}
     start = time.perf_counter()
     bar = tqdm(total=sum(len(c) for c in todo), unit="item", desc="tracing", disable=not progress)
     try:
-        for chunk in todo:
-            chunk_items_ = [items[i] for i in chunk]
-            runs, per_item = build_runs(model, chunk_items_, directions(chunk_items_, chunk), mode, direction, noise)
-            if method == "atp":
-                result = atp_patched_scores(model, runs, spec)
-            else:
-                result = patched_scores(model, runs, spec, budget_mb=budget_mb)
-            effect, patched, base, source = (t.detach().double().cpu().numpy() for t in effects(result, per_item))
+        for index, result in executor.map(task, payloads, shared, name="trace-chunk"):
+            chunk = todo[index]
             for k, i in enumerate(chunk):
-                rows = item_rows(items[i], effect[k], patched[k], base[k], source[k],
+                rows = item_rows(items[i], result.effect[k], result.patched[k], result.base[k], result.source[k],
                                  None if segments is None else segments[i],
                                  None if d_values is None else d_values[i])
                 table.write(items[i].pair.item_id, rows)
             stats.items_computed += len(chunk)
             stats.cells_forward += result.n_forward
-            stats.cells_shortcut += result.n_base_equal + result.n_source_equal
+            stats.cells_shortcut += result.n_shortcut
             elapsed = time.perf_counter() - start
             bar.update(len(chunk))
             bar.set_postfix(cells_per_s=f"{(stats.cells_forward + stats.cells_shortcut) / max(elapsed, 1e-9):.0f}")

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 # Light imports only at module level (--help must not wait for torch, pandas or scikit-learn).
-from interp.cli.common import add_model_args, check_model_args, load_model_from_args, run_cli
+from interp.cli.common import add_model_args, check_model_args, load_model_from_args, progress_enabled, run_cli
 from probes.linear.defaults import DEFAULT_C, DEFAULT_FOLDS
 from interp.cli.validate import UsageParser, at_least, positive_number, writable_out
+
+from interp.runs.cluster import add_cluster_arg, check_cluster, open_executor
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,10 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layer of the causal check: 'best' (highest selectivity of --causal-role) or a number")
     p.add_argument("--images", metavar="DIR", help="Visual7W images: score with CLIP's S instead of the text target")
     p.add_argument("--limit", type=int, help="use only the first N aligned pairs (smoke runs)")
-    p.add_argument("--data-dir", help="folder holding VALSE existence.json (default: the toolkit's lookup order)")
+    p.add_argument("--valse-dir", help="folder holding VALSE existence.json (default: the toolkit's lookup order)")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default 64)")
     p.add_argument("--out", required=True, type=Path, help="report directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    add_cluster_arg(p)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the physical cores, 1 when the load average says they are busy)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal)")
     return p
 
 
@@ -83,11 +88,11 @@ def existence_samples(model: Any, data_dir: str | None, limit: int | None):
     import numpy as np
     import pandas as pd
 
-    from interp.data.negation import align_pairs, load_existence_pairs
+    from interp.data.existence import load_aligned
     from probes.linear.probe import ProbeError
 
-    pairs = load_existence_pairs(data_dir=data_dir)
-    aligned, rejected = align_pairs(pairs.pairs, model.tokenizer)
+    data = load_aligned(model.tokenizer, data_dir, model_name=model.cfg.model_name)  # the checks trace and ablate make
+    aligned, rejected = data.aligned, data.rejected
     if limit is not None:
         aligned = aligned[:limit]
     if len(aligned) < 4:
@@ -144,6 +149,7 @@ def check_args(args: argparse.Namespace) -> list[str]:
     at_least(args.folds, "--folds", minimum=2)
     at_least(args.controls, "--controls")
     positive_number(args.C, "--C")
+    check_cluster(args.cluster)  # a bad --cluster fails before anything is loaded or written
     roles = [r.strip() for r in args.roles.split(",") if r.strip()]
     bad = [r for r in roles if r not in (*ROLES, POOLED)]
     if bad or not roles or len(set(roles)) != len(roles):
@@ -172,17 +178,17 @@ def run(args: argparse.Namespace) -> Path:
 
     from probes.cli.report import ReportDir, versions
     from probes.ideal_words.analysis import is_random_init, model_label
-    from probes.linear.probe import ProbeError, causal_check, collect_role_features, fit_direction, probe_layers
+    from probes.linear.probe import ProbeError, causal_check, collect_role_features, fit_direction, probe_one_layer
 
     check_model_args(args)
     model = load_model_from_args(args)
     layers = _parse_layers(args.layers, model.cfg.n_layers)
-    texts, labels, groups, aligned, rejected = existence_samples(model, args.data_dir, args.limit)
+    texts, labels, groups, aligned, rejected = existence_samples(model, args.valse_dir, args.limit)
     positions = {r: (None if r == POOLED else _role_positions(aligned, r)) for r in roles}
     log.info("%s: %d pairs, roles %s, layers %s", model_label(model), len(aligned), roles, layers)
-    feats = collect_role_features(model, texts, positions, layers=layers, batch_size=args.batch_size, progress=True)
+    feats = collect_role_features(model, texts, positions, layers=layers, batch_size=args.batch_size, progress=progress_enabled(args))
 
-    probe_rows, dir_rows, directions = [], [], {}
+    fits = []  # one task per (role, layer) fit: (role, layer, features, labels, groups, control types)
     for role in roles:
         keep = np.ones(len(texts), dtype=bool) if positions[role] is None else \
             np.array([len(p) > 0 for p in positions[role]])
@@ -195,14 +201,18 @@ def run(args: argparse.Namespace) -> Path:
                 raise ProbeError("--control type needs token positions: it is undefined for the pooled role")
             tok = model.to_token_batch(texts).tokens
             types = [int(tok[j, positions[role][j][0]]) for j in np.flatnonzero(keep)]
-        rows = probe_layers(feats[role][:, keep], labels[keep], groups[keep], n_folds=args.folds, C=args.C,
-                            seed=args.seed, n_controls=args.controls, control_types=types, layers=layers)
-        probe_rows += [{"role": role, **r} for r in rows]
-        for i, layer in enumerate(layers):
-            d = fit_direction(feats[role][i, keep], labels[keep], C=args.C, layer=layer, role=role)
-            directions[f"{role}/L{layer}"] = d.direction.numpy()
-            dir_rows.append({"role": role, "layer": layer, "mean_pos": d.mean_pos, "mean_neg": d.mean_neg,
-                             "gap": d.gap, "train_accuracy": d.train_accuracy})
+        fits += [(role, layer, feats[role][i:i + 1, keep], labels[keep], groups[keep], types)
+                 for i, layer in enumerate(layers)]
+    shared = {"n_folds": args.folds, "C": args.C, "seed": args.seed, "n_controls": args.controls}
+    with open_executor(args.cluster) as executor:
+        results = dict(executor.map(probe_one_layer, fits, shared, name="probe-fit"))
+    probe_rows, dir_rows, directions = [], [], {}
+    for k in range(len(fits)):  # in (role, layer) order, whatever order the tasks finished in
+        row, d = results[k]
+        probe_rows.append(row)
+        directions[f"{d.role}/L{d.layer}"] = d.direction.numpy()
+        dir_rows.append({"role": d.role, "layer": d.layer, "mean_pos": d.mean_pos, "mean_neg": d.mean_neg,
+                         "gap": d.gap, "train_accuracy": d.train_accuracy})
     probe_df, dir_df = pd.DataFrame(probe_rows), pd.DataFrame(dir_rows)
     if probe_df.empty:
         raise ProbeError("no role had enough sentences to probe")

@@ -320,3 +320,19 @@ def causal_check(model: Any, texts: Sequence[str], labels: Sequence[int], probe:
                          "score_edited": float(edited[i]), "change": float(edited[i] - clean[i]),
                          "sign_flipped": bool(np.sign(float(edited[i])) != np.sign(float(clean[i])))})
     return rows
+
+
+def probe_one_layer(payload: tuple[str, int, Tensor, np.ndarray, np.ndarray, Sequence[Any] | None], *,
+                    n_folds: int = DEFAULT_FOLDS, C: float = DEFAULT_C, seed: int = 0,
+                    n_controls: int = 1) -> tuple[dict[str, Any], ProbeDirection]:
+    """One (role, layer) fit, a task of ``probes.linear`` that can run on a cluster worker.
+
+    ``payload`` = (role, layer, features ``[1, n, d]`` of that layer, labels, groups, control types or
+    None). Returns the :func:`probe_layers` row (with ``role``) and the all-data :func:`fit_direction`.
+    Layers are independent in :func:`probe_layers` (same folds and control labels), so fitting them one
+    by one gives the rows of one call over all layers.
+    """
+    role, layer, features, labels, groups, types = payload
+    (row,) = probe_layers(features, labels, groups, n_folds=n_folds, C=C, seed=seed, n_controls=n_controls,
+                          control_types=types, layers=[layer])
+    return {"role": role, **row}, fit_direction(features[0], labels, C=C, layer=layer, role=role)
