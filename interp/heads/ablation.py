@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -296,6 +296,27 @@ def _check_mean_coverage(means, components, mask: Bool[Tensor, "b pos"]) -> None
 
 
 @torch.no_grad()
+
+def ablated_positions(batch: TokenBatch, positions: Tensor | None, method: str, means: Any,
+                      components: Sequence[Component]) -> Bool[Tensor, "sentence pos"]:
+    """Where the components are ablated: the real tokens, within ``positions`` when given. Checks
+    that mean ablation has a mean for every component at every such position (shared by the exact
+    sweep and its attribution-patching estimate)."""
+    if method == "mean":
+        if means is None:
+            raise AblationError("method 'mean' needs means=reference_means(model, reference, components)")
+        missing = [c.label for c in components if c not in means]
+        if missing:
+            raise AblationError(f"means lack {', '.join(missing[:5])}: compute reference_means for these components")
+    mask = batch.attention_mask.clone()
+    if positions is not None:
+        if positions.shape != mask.shape:
+            raise AblationError(f"positions has shape {tuple(positions.shape)}, expected {tuple(mask.shape)} (sentence x pos)")
+        mask &= positions.to(torch.bool)
+    if method == "mean":
+        _check_mean_coverage(means, components, mask)
+    return mask
+
 def ablation_scores(
     model,
     batch: TokenBatch,
@@ -332,22 +353,10 @@ def ablation_scores(
     components = list(components)
     if directions.shape[0] != len(batch):
         raise AblationError(f"directions has {directions.shape[0]} rows for {len(batch)} sentences: pass one per sentence")
-    if method == "mean" and means is None:
-        raise AblationError("method 'mean' needs means=reference_means(model, reference, components)")
-    if method == "mean":
-        missing = [c.label for c in components if c not in means]
-        if missing:
-            raise AblationError(f"means lack {', '.join(missing[:5])}: compute reference_means for these components")
     if method == "resample" and (donors is None or donor_positions is None or len(donors) != len(batch)):
         raise AblationError("method 'resample' needs donors (a TokenBatch, one donor sentence per sentence) and "
                             "donor_positions: get both from resample_donors")
-    mask_all = batch.attention_mask.clone()
-    if positions is not None:
-        if positions.shape != mask_all.shape:
-            raise AblationError(f"positions has shape {tuple(positions.shape)}, expected {tuple(mask_all.shape)} (sentence x pos)")
-        mask_all &= positions.to(torch.bool)
-    if method == "mean":
-        _check_mean_coverage(means, components, mask_all)
+    mask_all = ablated_positions(batch, positions, method, means, components)
     if method == "resample":
         width_all = batch.tokens.shape[1]
         donor_positions = donor_positions.long()[:, :width_all]

@@ -32,11 +32,11 @@ from torch import Tensor
 
 from interp.data.scoring import score
 from interp.heads.ablation import (
+    ablated_positions,
     AblationError,
     AblationScores,
     Component,
     _AttnResult,
-    _check_mean_coverage,
     _trim,
     _values,
     check_components,
@@ -89,19 +89,7 @@ def atp_ablation_scores(
     if directions is not None and directions.shape[0] != len(batch):
         raise AblationError(f"directions has {directions.shape[0]} rows for {len(batch)} sentences: pass one per sentence")
     metric = metric or _cosine_metric(directions)
-    if method == "mean":
-        if means is None:
-            raise AblationError("method 'mean' needs means=reference_means(model, reference, components)")
-        missing = [c.label for c in components if c not in means]
-        if missing:
-            raise AblationError(f"means lack {', '.join(missing[:5])}: compute reference_means for these components")
-    mask_all = batch.attention_mask.clone()
-    if positions is not None:
-        if positions.shape != mask_all.shape:
-            raise AblationError(f"positions has shape {tuple(positions.shape)}, expected {tuple(mask_all.shape)} (sentence x pos)")
-        mask_all &= positions.to(torch.bool)
-    if method == "mean":
-        _check_mean_coverage(means, components, mask_all)
+    mask_all = ablated_positions(batch, positions, method, means, components)
 
     names = sorted({c.hook_name("z") for c in components})
     clean = torch.zeros(len(batch))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
@@ -198,3 +200,29 @@ class TransformerBlock(nn.Module):
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
         return self.hook_resid_post(resid_mid + mlp_out)
+
+
+class EncoderState:
+    """What both hooked towers share about their state: the device and dtype of their weights (read
+    off one anchor parameter, ``_anchor``), ``cfg.device`` kept in sync with them (TransformerLens's
+    patching helpers read it), and the ``use_attn_result`` switch."""
+
+    cfg: Any
+    _anchor: str  # the name of the parameter whose device and dtype the model reports
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Compute per-head outputs at ``blocks.{l}.attn.hook_result`` (n_heads x the memory)."""
+        self.cfg.use_attn_result = use_attn_result
+
+    def _apply(self, fn, *args, **kwargs):  # every .to()/.cuda()/.half() ends here: keep cfg.device in sync
+        module = super()._apply(fn, *args, **kwargs)
+        self.cfg.device = str(self.device)
+        return module
+
+    @property
+    def device(self) -> torch.device:
+        return self.get_parameter(self._anchor).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.get_parameter(self._anchor).dtype

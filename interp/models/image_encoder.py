@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from interp.models.components import LayerNorm, TransformerBlock
+from interp.models.components import EncoderState, LayerNorm, TransformerBlock
 from interp.models.image_config import ImageEncoderConfig
 
 Images = Float[Tensor, "batch channel height width"]
@@ -58,12 +58,14 @@ class PatchEmbed(nn.Module):
         return embed + pos
 
 
-class HookedImageEncoder(HookedRootModule):
+class HookedImageEncoder(EncoderState, HookedRootModule):
     """A hooked ViT image tower (open_clip / Hugging Face CLIP).
 
     Calling it on preprocessed images ``[batch, 3, H, W]`` returns the image embedding
     ``[batch, d_embed]`` (projected, not normalised), like open_clip's ``encode_image``.
     """
+
+    _anchor = "embed.W_pos"  # device and dtype are this weight's (EncoderState)
 
     def __init__(self, cfg: ImageEncoderConfig, init: bool = True):
         super().__init__()
@@ -92,23 +94,6 @@ class HookedImageEncoder(HookedRootModule):
                 param.zero_()
             else:
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
-
-    def set_use_attn_result(self, use_attn_result: bool) -> None:
-        """Compute per-head outputs at ``blocks.{l}.attn.hook_result`` (n_heads x the memory)."""
-        self.cfg.use_attn_result = use_attn_result
-
-    def _apply(self, fn, *args, **kwargs):  # every .to()/.half() ends here: keep cfg.device in sync
-        module = super()._apply(fn, *args, **kwargs)
-        self.cfg.device = str(self.embed.W_pos.device)
-        return module
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed.W_pos.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed.W_pos.dtype
 
     # ------------------------------------------------------------------ forward
     def embed_images(self, images: Images) -> Float[Tensor, "batch pos d_model"]:

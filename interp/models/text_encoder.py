@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from interp.models.components import Embed, LayerNorm, TransformerBlock
+from interp.models.components import Embed, EncoderState, LayerNorm, TransformerBlock
 from interp.models.config import TextEncoderConfig
 from interp.models.lens import EncoderActivationCache, LensWeights
 from interp.models.tokenization import TextTokenizer, TokenBatch, batch_from_ids, pool_positions
@@ -30,7 +30,7 @@ from interp.models.tokenization import TextTokenizer, TokenBatch, batch_from_ids
 TextInput = str | Sequence[str] | TokenBatch | Int[Tensor, "batch pos"]
 
 
-class HookedTextEncoder(LensWeights, HookedRootModule):
+class HookedTextEncoder(EncoderState, LensWeights, HookedRootModule):
     """A hooked transformer text encoder (CLIP text tower or BERT-family sentence encoder).
 
     Args:
@@ -41,6 +41,8 @@ class HookedTextEncoder(LensWeights, HookedRootModule):
     Calling the model returns the sentence embedding ``[batch, d_embed]`` (projected, and
     normalised only if ``cfg.normalize_output``). See :meth:`forward` for partial runs.
     """
+
+    _anchor = "embed.W_E"  # device and dtype are this weight's (EncoderState)
 
     def __init__(self, cfg: TextEncoderConfig, tokenizer: TextTokenizer | None = None, init: bool = True):
         super().__init__()
@@ -75,23 +77,6 @@ class HookedTextEncoder(LensWeights, HookedRootModule):
                 param.zero_()
             else:
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
-
-    def set_use_attn_result(self, use_attn_result: bool) -> None:
-        """Compute per-head outputs at ``blocks.{l}.attn.hook_result`` (n_heads x the memory)."""
-        self.cfg.use_attn_result = use_attn_result
-
-    def _apply(self, fn, *args, **kwargs):  # every .to()/.cuda()/.half() ends here
-        module = super()._apply(fn, *args, **kwargs)
-        self.cfg.device = str(self.embed.W_E.device)
-        return module
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed.W_E.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed.W_E.dtype
 
     # ------------------------------------------------------------------ tokens
     def _require_tokenizer(self) -> TextTokenizer:
