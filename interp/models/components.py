@@ -226,3 +226,16 @@ class EncoderState:
     @property
     def dtype(self) -> torch.dtype:
         return self.get_parameter(self._anchor).dtype
+
+    def _check_layer_range(self, start: int | None, stop: int | None) -> tuple[int, int]:
+        """``(start, stop)`` of a run with ``start_at_layer``/``stop_at_layer`` (None: 0 / n_layers), checked."""
+        n = self.cfg.n_layers
+        start_i = 0 if start is None else start
+        stop_i = n if stop is None else stop
+        if not 0 <= start_i <= n:
+            raise ValueError(f"start_at_layer={start} is outside 0..{n}")
+        if not 0 <= stop_i <= n:
+            raise ValueError(f"stop_at_layer={stop} is outside 0..{n}")
+        if start_i > stop_i:
+            raise ValueError(f"start_at_layer={start} is after stop_at_layer={stop}")
+        return start_i, stop_i

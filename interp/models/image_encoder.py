@@ -140,18 +140,6 @@ class HookedImageEncoder(EncoderState, HookedRootModule):
             return x
         return self.pool_and_project(x)
 
-    def _check_layer_range(self, start: int | None, stop: int | None) -> tuple[int, int]:
-        n = self.cfg.n_layers
-        start_i = 0 if start is None else start
-        stop_i = n if stop is None else stop
-        if not 0 <= start_i <= n:
-            raise ValueError(f"start_at_layer={start} is outside 0..{n}")
-        if not 0 <= stop_i <= n:
-            raise ValueError(f"stop_at_layer={stop} is outside 0..{n}")
-        if start_i > stop_i:
-            raise ValueError(f"start_at_layer={start} is after stop_at_layer={stop}")
-        return start_i, stop_i
-
     def _pool(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
         return x[:, 0] if self.cfg.pool == "cls" else x[:, 1:].mean(dim=1)
 

@@ -216,18 +216,6 @@ class HookedTextEncoder(EncoderState, LensWeights, HookedRootModule):
             return x
         return self.pool_and_project(x, batch)
 
-    def _check_layer_range(self, start: int | None, stop: int | None) -> tuple[int, int]:
-        n = self.cfg.n_layers
-        start_i = 0 if start is None else start
-        stop_i = n if stop is None else stop
-        if not 0 <= start_i <= n:
-            raise ValueError(f"start_at_layer={start} is outside 0..{n}")
-        if not 0 <= stop_i <= n:
-            raise ValueError(f"stop_at_layer={stop} is outside 0..{n}")
-        if start_i > stop_i:
-            raise ValueError(f"start_at_layer={start} is after stop_at_layer={stop}")
-        return start_i, stop_i
-
     def pool_and_project(
         self, resid: Float[Tensor, "batch pos d_model"], batch: TokenBatch
     ) -> Float[Tensor, "batch d_embed"]:
