@@ -295,8 +295,6 @@ def _check_mean_coverage(means, components, mask: Bool[Tensor, "b pos"]) -> None
                 )
 
 
-@torch.no_grad()
-
 def ablated_positions(batch: TokenBatch, positions: Tensor | None, method: str, means: Any,
                       components: Sequence[Component]) -> Bool[Tensor, "sentence pos"]:
     """Where the components are ablated: the real tokens, within ``positions`` when given. Checks
@@ -317,6 +315,8 @@ def ablated_positions(batch: TokenBatch, positions: Tensor | None, method: str, 
         _check_mean_coverage(means, components, mask)
     return mask
 
+
+@torch.no_grad()
 def ablation_scores(
     model,
     batch: TokenBatch,
