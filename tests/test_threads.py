@@ -102,3 +102,23 @@ def test_trace_records_the_thread_choice(tmp_path):
     info = config["info"]
     assert info["threads"] == 1 and info["threads_reason"] == "--threads"
     assert config["arguments"]["threads_chosen"] == 1
+
+
+def test_another_thread_count_does_not_change_a_runs_settings(tmp_path, capsys):
+    """Threads decide speed, not results: a complete run redone with another --threads is a no-op,
+    not refused as "different settings" (the automatic choice depends on the machine's load)."""
+    from interp.cli.common import run_cli
+    from interp.cli.data import main
+
+    before = torch.get_num_threads()
+    out = tmp_path / "pairs"
+    try:
+        assert run_cli(main, ["--model", "tiny", "--pretrained", "none", "--limit", "3", "--threads", "1",
+                              "--out", str(out)]) == 0
+        first = (out / "pairs.csv").read_bytes()
+        assert run_cli(main, ["--model", "tiny", "--pretrained", "none", "--limit", "3", "--threads", "2",
+                              "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert "different settings" not in capsys.readouterr().err
+    assert (out / "pairs.csv").read_bytes() == first

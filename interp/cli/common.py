@@ -54,7 +54,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 # Arguments that never change a run's results: left out of the settings a resumed run must match.
-NON_RESULT_ARGS = frozenset({"out", "overwrite", "debug", "no_progress", "threads", "name", "device"})
+# (threads_chosen/threads_reason: what setup_threads picked, which depends on the machine's load.)
+NON_RESULT_ARGS = frozenset({"out", "overwrite", "debug", "no_progress", "threads", "threads_chosen", "threads_reason",
+                             "name", "device", "cluster"})
 
 
 def add_run_args(parser: argparse.ArgumentParser, *, out_help: str, out_required: bool = True) -> None:
@@ -63,26 +65,10 @@ def add_run_args(parser: argparse.ArgumentParser, *, out_help: str, out_required
     group.add_argument("--out", required=out_required, help=out_help + "; rerunning with the same settings "
                        "resumes (or does nothing when the run is complete), other settings are refused")
     group.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
-    group.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    group.add_argument("--threads", type=int, help="torch CPU threads (default: the physical cores, 1 when the "
+                       "load average says they are busy; the choice is recorded in config.json)")
     group.add_argument("--no-progress", action="store_true",
                        help="no progress bar (also off when stderr is not a terminal)")
-
-
-def check_positive(value: int | float | None, flag: str) -> None:
-    """Refuse a count flag below 1 (``--limit``, ``--batch-size``, ``--threads``) before any work."""
-    if value is not None and value < 1:
-        raise ClipInterpError(f"{flag} {value} must be at least 1")
-
-
-def apply_threads(args: argparse.Namespace) -> int:
-    """Set torch's CPU threads from ``--threads`` (when given); returns the count torch now uses."""
-    import torch
-
-    threads = getattr(args, "threads", None)
-    check_positive(threads, "--threads")
-    if threads:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:

@@ -41,16 +41,6 @@ def positive_number(value: float | None, flag: str) -> float | None:
     return value
 
 
-def set_threads(threads: int | None) -> None:
-    """Apply ``--threads`` (None = torch's choice) after checking it."""
-    if threads is None:
-        return
-    at_least(threads, "--threads")
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def writable_out(path: str | os.PathLike | None, flag: str = "--out") -> None:
     """Refuse an output folder that is a file, or under a file, or where nothing can be created.
 
