@@ -288,17 +288,13 @@ def open_executor(cluster: str | ClusterSpec | None, threads: int | None = None)
     if spec.kind == "none":
         yield InProcessExecutor()
         return
-    distributed = import_distributed()
-    with contextlib.ExitStack() as stack:
-        _quiet_dask_logs(stack)
-        if spec.kind == "local":
-            local = _local_cluster(distributed, spec, threads)
-            stack.callback(local.close)
-            client = distributed.Client(local, set_as_default=False)
-        else:
-            client = _connect(distributed, spec.address)
-        stack.callback(client.close)
-        yield DaskExecutor(client, spec)
+    # One way to start or check a cluster (cluster_address), then a client on its scheduler.
+    with cluster_address(spec, threads) as address:
+        client = _connect(import_distributed(), address)
+        try:
+            yield DaskExecutor(client, spec)
+        finally:
+            client.close()
 
 
 @contextlib.contextmanager
