@@ -8,17 +8,14 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-# Runtime shape checks (as TransformerLens's suite does), opt-in with CLIP_INTERP_SHAPECHECK=1: every
-# function of the project's packages imported from here on checks the tensors and arrays it receives
-# and returns against its jaxtyping annotations, axis sizes shared within a call (interp._shapecheck).
-# Not on by default yet: jaxtyping checks arguments before the function body runs, so the bad-input
-# tests that pass mismatched shapes on purpose get a TypeCheckError instead of the function's own
-# ClipInterpError (tests/SKIPS.md says which and how to lift it).
-if os.environ.get("CLIP_INTERP_SHAPECHECK", "0") == "1":
-    import interp._shapecheck  # noqa: E402,F401 - the checker itself must exist before the hook refers to it
-    from jaxtyping import install_import_hook  # noqa: E402
+# Runtime shape checks (as TransformerLens's suite does): every function of the project's packages
+# imported from here on checks the tensors and arrays it receives and returns against its jaxtyping
+# annotations, axis sizes shared within a call (interp._shapecheck). CLIP_INTERP_SHAPECHECK=0 turns
+# them off (to time the suite without them, or to bisect).
+if os.environ.get("CLIP_INTERP_SHAPECHECK", "1") != "0":
+    from interp import _shapecheck  # noqa: E402
 
-    install_import_hook(["interp", "probes", "analyses"], "interp._shapecheck.check_shapes")
+    _shapecheck.install(["interp", "probes", "analyses"])
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

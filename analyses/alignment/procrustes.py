@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from jaxtyping import Float, Int
+from jaxtyping import Float, Int, Shaped
 
 from analyses.validation import AnalysisInputError, as_matrix, as_paired, check_positive_int
 
@@ -180,7 +180,7 @@ def kfold_alignment(
     y: Float[np.ndarray, "v q"],
     pairs: Int[np.ndarray, "n_pairs 2"],
     *,
-    groups: Int[np.ndarray, "n"] | None = None,
+    groups: Shaped[np.ndarray, "n"] | None = None,  # any labels (ints or strings)
     n_folds: int = 5,
     seed: int = 0,
     csls_k: int = CSLS_K,

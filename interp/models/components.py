@@ -117,7 +117,7 @@ class Attention(nn.Module):
     def forward(
         self,
         x: Float[Tensor, "batch pos d_model"],
-        additive_mask: Float[Tensor, "batch_or_1 1 pos_or_1 pos"],
+        additive_mask: Float[Tensor, "#batch 1 #pos #pos"],
     ) -> Float[Tensor, "batch pos d_model"]:
         q = self.hook_q(torch.einsum("bpd,hde->bphe", x, self.W_Q) + self.b_Q)
         k = self.hook_k(torch.einsum("bpd,hde->bphe", x, self.W_K) + self.b_K)
@@ -187,7 +187,7 @@ class TransformerBlock(nn.Module):
     def forward(
         self,
         resid_pre: Float[Tensor, "batch pos d_model"],
-        additive_mask: Float[Tensor, "batch_or_1 1 pos_or_1 pos"],
+        additive_mask: Float[Tensor, "#batch 1 #pos #pos"],
     ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
         if self.post_ln:

@@ -160,7 +160,7 @@ class HookedTextEncoder(EncoderState, LensWeights, HookedRootModule):
                               eos_token_id=self.cfg.eos_token_id)
 
     # ------------------------------------------------------------------ forward
-    def attention_mask(self, batch: TokenBatch) -> Float[Tensor, "batch_or_1 1 pos_or_1 pos"]:
+    def attention_mask(self, batch: TokenBatch) -> Float[Tensor, "#batch 1 #pos #pos"]:
         """Additive mask: causal (-inf above the diagonal, as open_clip's attn_mask), or -inf on
         padded keys for a bidirectional encoder."""
         n_pos = batch.tokens.shape[1]
