@@ -17,8 +17,8 @@ import time
 from typing import TYPE_CHECKING
 
 # Light imports only at module level (--help must not wait for torch); the work imports in main().
-from interp.cli.common import add_model_args, load_model_from_args
-from interp.data.negation import align_pairs, load_existence_pairs
+from interp.benchmarks.head_setup import head_bench_inputs
+from interp.cli.common import add_model_args
 
 if TYPE_CHECKING:
     import torch
@@ -66,25 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from interp.data.scoring import text_target_directions
-    from interp.heads.ablation import ablation_scores, all_heads, reference_means
-    from interp.heads.attention import batch_from_ids, pair_batches
+    from interp.heads.ablation import ablation_scores, reference_means
 
     torch.set_grad_enabled(False)  # a benchmark never needs autograd
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = load_model_from_args(args).eval()
-    pairs = load_existence_pairs().pairs[: args.limit]
-    aligned, rejected = align_pairs(pairs, model.tokenizer)
-    batch_n, batch_a = pair_batches(model, aligned)
-    ids = [a.tokens_negated for a in aligned] + [a.tokens_affirmative for a in aligned]
-    batch = batch_from_ids(model, ids)
-    with torch.no_grad():
-        e_n, e_a = model(batch_n), model(batch_a)
-    target = text_target_directions(e_n, e_a)
-    directions = torch.cat([target, target])
-    heads = all_heads(model)
+    inputs = head_bench_inputs(args)
+    model, batch, directions, heads = inputs.model, inputs.batch, inputs.directions, inputs.heads
     t0, c0 = time.perf_counter(), time.process_time()
     means = reference_means(model, batch, heads, batch_size=args.sentence_batch)
     t_means, c_means = time.perf_counter() - t0, time.process_time() - c0
@@ -102,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"model {c.model_name} ({c.pretrained}), {c.n_layers} layers x {c.n_heads} heads = {len(heads)} heads, "
         f"d_model {c.d_model}; torch {torch.__version__}, {torch.get_num_threads()} threads",
-        f"items {len(aligned)} pairs ({len(rejected)} rejected) = {len(batch)} sentences; mean ablation of z "
+        f"items {inputs.n_items} pairs ({inputs.n_rejected} rejected) = {len(batch)} sentences; mean ablation of z "
         f"(per-position mean over all {len(batch)} sentences); text target",
         f"engine: sentence chunks of {args.sentence_batch}, packs of <= {args.max_rows} rows",
         "                                         wall s     CPU s (process time)",

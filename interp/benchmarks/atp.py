@@ -21,12 +21,10 @@ import time
 import pandas as pd
 import torch
 
-from interp.cli.common import add_model_args, load_model_from_args
-from interp.data.negation import align_pairs, load_existence_pairs
-from interp.data.scoring import text_target_directions
-from interp.heads.ablation import ablation_scores, all_heads, reference_means
+from interp.benchmarks.head_setup import head_bench_inputs
+from interp.cli.common import add_model_args
+from interp.heads.ablation import ablation_scores, reference_means
 from interp.heads.atp import atp_ablation_scores, fidelity, spearman, top_k_overlap
-from interp.heads.attention import batch_from_ids, pair_batches
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default torch's)")
     parser.add_argument("--csv", default=None, help="also write the per-(head, item) effects of both sides here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = load_model_from_args(args).eval()
-    pairs = load_existence_pairs().pairs[: args.limit]
-    aligned, rejected = align_pairs(pairs, model.tokenizer)
-    n = len(aligned)
-    batch_n, batch_a = pair_batches(model, aligned)
-    batch = batch_from_ids(model, [a.tokens_negated for a in aligned] + [a.tokens_affirmative for a in aligned])
-    with torch.no_grad():
-        target = text_target_directions(model(batch_n), model(batch_a))
-    directions = torch.cat([target, target])
-    heads = all_heads(model)
+    inputs = head_bench_inputs(args)
+    model, batch, directions, heads, n = inputs.model, inputs.batch, inputs.directions, inputs.heads, inputs.n_items
     means = reference_means(model, batch, heads, batch_size=args.sentence_batch)
 
     t0, c0 = time.perf_counter(), time.process_time()
@@ -87,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"model {c.model_name} ({c.pretrained}), {c.n_layers} layers x {c.n_heads} heads = {len(heads)} heads; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
-        f"items {n} pairs ({len(rejected)} rejected) = {len(batch)} sentences; mean ablation of z "
+        f"items {n} pairs ({inputs.n_rejected} rejected) = {len(batch)} sentences; mean ablation of z "
         f"(per-position mean over all {len(batch)} sentences); text target; effect = change of S(N) - S(A)",
         "                                   wall s     CPU s (process time)",
         f"exact engine, all {len(heads)} heads:     {t_exact:9.1f} {c_exact:9.1f}",
