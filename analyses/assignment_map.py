@@ -39,6 +39,7 @@ from analyses.alignment.procrustes import fit_least_squares, fit_procrustes
 from analyses.options import MAP_PRESETS, PRESET_LABELS, AssignmentMapConfig  # noqa: F401 - re-exported (its home is light: the CLIs' defaults)
 from analyses.sinkhorn import assignments
 from analyses.validation import AnalysisInputError, as_matrix, as_paired, check_positive_int
+from interp.runs.threads import single_blas_thread
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,8 @@ def _pca_basis(y: np.ndarray, d: int) -> np.ndarray:
     return vt[:d].T
 
 
+# Small matrices: extra BLAS threads only spin at barriers (interp.runs.threads); results are the same.
+@single_blas_thread()
 def compare_maps(
     x: Float[np.ndarray, "n p"],
     y: Float[np.ndarray, "n q"],

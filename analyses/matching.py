@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from analyses.similarity import Kernel, center_gram, linear_gram, median_sq_distance, squared_distances
 from analyses.validation import AnalysisInputError, as_matrix, as_paired, check_positive_int
+from interp.runs.threads import single_blas_thread
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +332,8 @@ def protocol_splits(
     return [(base, np.random.default_rng(seed).permutation(rest)[:n_query]) for seed in seeds]
 
 
+# Small matrices: extra BLAS threads only spin at barriers (interp.runs.threads); results are the same.
+@single_blas_thread()
 def matching_protocol(
     x: Float[np.ndarray, "n p"],
     y: Float[np.ndarray, "n q"],

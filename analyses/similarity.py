@@ -26,6 +26,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from analyses.validation import AnalysisInputError, as_matrix, as_paired, check_positive_int
+from interp.runs.threads import single_blas_thread
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,8 @@ def _hsic_cross_centered(kc: np.ndarray, lc: np.ndarray, perms: np.ndarray, debi
     return out
 
 
+# Small matrices: extra BLAS threads only spin at barriers (interp.runs.threads); results are the same.
+@single_blas_thread()
 def permutation_test(
     x: Float[np.ndarray, "n p"],
     y: Float[np.ndarray, "n q"],
