@@ -107,11 +107,11 @@ def test_interrupted_report_keeps_finished_tasks_and_resumes_to_the_same_tables(
     assert cli_main([*args, "--out", str(whole)]) == 0
     original, computed = report.compute_task, []
 
-    def interrupted_third(x, y, opts, task):
+    def interrupted_third(x, y, opts, task, *rest):
         computed.append(task)
         if len(computed) == 3:
             raise KeyboardInterrupt
-        return original(x, y, opts, task)
+        return original(x, y, opts, task, *rest)
 
     monkeypatch.setattr(report, "compute_task", interrupted_third)
     out = tmp_path / "resumed"
@@ -120,12 +120,23 @@ def test_interrupted_report_keeps_finished_tasks_and_resumes_to_the_same_tables(
         f"interrupted: kept the resumable run in {out} (2 items finished); rerun the same command to resume")
     assert len(list((out / "items").glob("*.csv"))) == 2 and not (out / "report.md").exists()
     computed.clear()
-    monkeypatch.setattr(report, "compute_task", original)
     monkeypatch.setattr(report, "compute_task", lambda *a: computed.append(a[3]) or original(*a))
     assert cli_main([*args, "--out", str(out)]) == 0
     assert computed == ["alignment", "maps"]
     for name in ("cka.csv", "cka_layers.csv", "alignment.csv", "alignment_summary.csv", "maps.csv", "report.md"):
         assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    """The analyses' own bars (permutations, QAP restarts, CKA matrix, map epochs) follow the command's
+    progress setting: off here, where stderr is captured."""
+    args = ["--synthetic", "80", "--permutations", "50", "--sections", "cka,layers,matching,maps", "--n-base", "20",
+            "--n-query", "30", "--match-seeds", "0", "--qap-restarts", "5", "--map-epochs", "2", "--map-min-steps", "0",
+            "--layer-kernels", "linear,rbf"]
+    assert cli_main([*args, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert not [word for word in ("permutations", "QAP restarts", "CKA matrix", "assignment map", "report tasks")
+                if word in err], err[-500:]
 
 
 def test_cli_reads_npz_and_reports_bad_input_in_one_line(tmp_path, capsys):

@@ -121,9 +121,9 @@ def report_tasks(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions) -> list[
     return tasks
 
 
-def compute_task(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions, task: str) -> pd.DataFrame:
+def compute_task(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions, task: str, progress: bool = False) -> pd.DataFrame:
     """The table of one task of :func:`report_tasks` (one row per kernel x estimator, layer pair, seed x
-    method, fold x retrieval, or map)."""
+    method, fold x retrieval, or map); ``progress`` shows the analyses' own progress bars."""
     n = x.n
     if task == "cka":
         rows = []
@@ -133,7 +133,7 @@ def compute_task(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions, task: st
                 continue
             for debiased in (False, True):
                 res = permutation_test(x.embeddings, y.embeddings, kernel=kernel, debiased=debiased,
-                                       n_permutations=opts.permutations, seed=opts.seed)
+                                       n_permutations=opts.permutations, seed=opts.seed, progress=progress)
                 rows.append({"kernel": kernel, "debiased": debiased, "n": n, "cka": res.observed,
                              "shuffled_mean": res.null_mean, "shuffled_max": float(res.null.max()),
                              "permutations": opts.permutations, "p_value": res.p_value})
@@ -141,7 +141,8 @@ def compute_task(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions, task: st
     if task == "layers":
         rows = []
         for kernel in opts.layer_kernels:
-            mat = cka_matrix(x.layers, y.layers, kernel=kernel, names=("--x", "--y"), constant_layers="nan")
+            mat = cka_matrix(x.layers, y.layers, kernel=kernel, names=("--x", "--y"), constant_layers="nan",
+                             progress=progress)
             for i, xname in enumerate(x.layer_names):
                 for j, yname in enumerate(y.layer_names):
                     rows.append({"kernel": kernel, "x_layer": xname, "y_layer": yname, "x_index": i,
@@ -155,14 +156,14 @@ def compute_task(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions, task: st
             x.embeddings, y.embeddings, n_base=opts.n_base, n_query=opts.n_query, seeds=(seed,),
             stretching=opts.stretching, base_selection=opts.base_selection, kernel=opts.match_kernel,
             qap_restarts=opts.qap_restarts, protocol=opts.match_protocol, base_seed=opts.seed,
-            local_cka_bandwidth=opts.local_cka_bandwidth,
+            local_cka_bandwidth=opts.local_cka_bandwidth, progress=progress,
         )
     if task == "alignment":
         groups = y.groups if y.groups is not None else x.groups
         return kfold_alignment(x.embeddings, y.embeddings, _pairs_from_groups(groups, n), groups=groups,
                                n_folds=opts.folds, seed=opts.seed, csls_k=opts.csls_k)
     if task == "maps":
-        return compare_maps(x.embeddings, y.embeddings, seed=opts.seed, config=opts.map_config)
+        return compare_maps(x.embeddings, y.embeddings, seed=opts.seed, config=opts.map_config, progress=progress)
     raise AnalysisInputError(f"unknown report task {task!r}: see report_tasks().")
 
 
@@ -276,7 +277,7 @@ def write_report(run: RunDir, x: EmbeddingSet, y: EmbeddingSet, opts: ReportOpti
     todo = [task for task in tasks if task not in done]
     log.info("%d report tasks, %d already done in %s", len(tasks), len(tasks) - len(todo), run.path)
     for task in tqdm(todo, desc="report tasks", disable=not progress):
-        run.items.write(task, compute_task(x, y, opts, task).assign(item_id=task))
+        run.items.write(task, compute_task(x, y, opts, task, progress).assign(item_id=task))
     parts = {task: read_csv(run.items.file_of(task)).drop(columns="item_id") for task in tasks}
     tables = assemble_tables(parts)
     written = [run.write_table(table, f"{name}.csv").name for name, table in tables.items()]
