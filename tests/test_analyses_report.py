@@ -209,6 +209,13 @@ def test_extract_cli_then_report_on_tiny_model(tmp_path):
     assert pd.read_csv(out / "cka_layers.csv").shape[0] == 6  # 2 image blocks x 3 text states
     # alias groups: 4 captions per image, so each source has 4 gold targets
     assert (pd.read_csv(out / "alignment.csv")["n_test"].sum()) == 2 * 24
+    # --limit keeps the first N pairs: the same rows as the full run's first N
+    assert extract_main(["--images", str(tmp_path), "--captions", str(tmp_path / "captions.csv"), "--limit", "5",
+                         "--out", str(tmp_path / "emb5"), "--model", "tiny", "--pretrained", "none"]) == 0
+    full, first = load_embeddings(tmp_path / "emb/text.npz"), load_embeddings(tmp_path / "emb5/text.npz")
+    assert first.n == 5 and list(first.keys) == list(full.keys[:5])
+    np.testing.assert_allclose(first.embeddings, full.embeddings[:5], atol=1e-6)
+    assert pd.read_csv(tmp_path / "emb5/pairs.csv")["caption"].tolist() == [caption for _, caption in rows[:5]]
 
 
 def test_read_captions_errors(tmp_path):

@@ -16,12 +16,16 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Light imports only at module level (--help must not wait for numpy, scipy or torch).
 from analyses.errors import AnalysisInputError
 from analyses.options import BANDWIDTHS, CSLS_K, MAP_PRESETS, PROTOCOLS, SECTIONS, AssignmentMapConfig
 from interp.cli.common import add_run_args, progress_enabled, run_settings
 from interp.cli.validate import UsageParser, at_least, positive_number, writable_out
+
+if TYPE_CHECKING:  # numpy loads after the flags are checked
+    from analyses.io import EmbeddingSet
 
 log = logging.getLogger(__name__)
 TOOL = "analyses.alignment"
@@ -106,7 +110,7 @@ def check_args(args) -> None:
     writable_out(args.out)
 
 
-def _limited(data, limit: int | None):
+def _limited(data: EmbeddingSet, limit: int | None) -> EmbeddingSet:
     """The first ``limit`` rows of an :class:`analyses.io.EmbeddingSet` (every array cut alike)."""
     from dataclasses import replace
 
