@@ -226,7 +226,8 @@ def _markdown(tables: dict[str, pd.DataFrame], inputs: dict[str, Any], opts: Rep
              f"- {inputs['n']} paired items. All numbers below come from these inputs; they are CLIP results only if "
              "both inputs were extracted with real CLIP weights.",
              f"- {preset_sentence(presets)}",
-             f"- Assignment map settings: {PRESET_LABELS.get(opts.map_config.preset, '?')}.", ""]
+             *([f"- Assignment map settings: {PRESET_LABELS.get(opts.map_config.preset, '?')}."] if "maps" in tables else []),
+             ""]
     sections = [
         ("cka", "CKA of the final embeddings, with a shuffled-pairing baseline"),
         ("cka_layers", "Layer-by-layer CKA"),
