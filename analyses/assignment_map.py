@@ -39,6 +39,7 @@ from analyses.alignment.procrustes import fit_least_squares, fit_procrustes
 from analyses.options import MAP_PRESETS, PRESET_LABELS, AssignmentMapConfig  # noqa: F401 - re-exported (its home is light: the CLIs' defaults)
 from analyses.sinkhorn import assignments
 from analyses.validation import AnalysisInputError, as_matrix, as_paired, check_positive_int
+from interp.runs.threads import single_blas_thread
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def fit_assignment_map(
     prototypes: Float[np.ndarray, "k q"] | None = None,
     frequencies: Float[np.ndarray, "k"] | None = None,
     config: AssignmentMapConfig = AssignmentMapConfig(),
+    progress: bool = True,
 ) -> LinearMap:
     """Train the linear map from ``x`` (source) to ``y``'s space by swapped assignment prediction.
 
@@ -114,7 +116,7 @@ def fit_assignment_map(
     torch.manual_seed(config.seed)
     layer = torch.nn.Linear(x.shape[1], y.shape[1], dtype=torch.float64)
     with _torch_threads(config.threads):
-        losses = _train(layer, xt, yt, protos_n, col_marginal, config, gen)
+        losses = _train(layer, xt, yt, protos_n, col_marginal, config, gen, progress)
     w = layer.weight.detach().double().numpy().T
     b = layer.bias.detach().double().numpy()
     return LinearMap(w, b, losses)
@@ -122,7 +124,7 @@ def fit_assignment_map(
 
 def _train(
     layer: torch.nn.Linear, xt: Tensor, yt: Tensor, protos_n: Tensor, col_marginal: Tensor | None,
-    config: AssignmentMapConfig, gen: torch.Generator,
+    config: AssignmentMapConfig, gen: torch.Generator, progress: bool = True,
 ) -> list[float]:
     """The training loop: swapped prediction of Sinkhorn assignments, Adam on the linear layer only."""
     opt = torch.optim.Adam(layer.parameters(), lr=config.lr)
@@ -130,7 +132,7 @@ def _train(
     n = xt.shape[0]
     batches = -(-n // config.batch_size)
     epochs = max(config.epochs, -(-config.min_steps // batches))
-    for _ in tqdm(range(epochs), desc="assignment map", leave=False):
+    for _ in tqdm(range(epochs), desc="assignment map", leave=False, disable=not progress):
         order = torch.randperm(n, generator=gen)
         total = 0.0
         for start in range(0, n, config.batch_size):
@@ -166,6 +168,8 @@ def _pca_basis(y: np.ndarray, d: int) -> np.ndarray:
     return vt[:d].T
 
 
+# Small matrices: extra BLAS threads only spin at barriers (interp.runs.threads); results are the same.
+@single_blas_thread()
 def compare_maps(
     x: Float[np.ndarray, "n p"],
     y: Float[np.ndarray, "n q"],
@@ -175,6 +179,7 @@ def compare_maps(
     config: AssignmentMapConfig | None = None,
     prototypes: np.ndarray | None = None,
     frequencies: np.ndarray | None = None,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Least-squares, Procrustes and assignment-prediction maps fitted on one seeded train split of the
     pairs, each scored by held-out retrieval (test sources vs all test targets, cosine). Both spaces are
@@ -201,7 +206,7 @@ def compare_maps(
     rows.append({"map": "procrustes", **retrieval_accuracy(xte @ px @ w, yte @ py)})
     if prototypes is not None:
         prototypes = as_matrix(prototypes, "prototypes") - my
-    amap = fit_assignment_map(xtr, ytr, prototypes=prototypes, frequencies=frequencies, config=config)
+    amap = fit_assignment_map(xtr, ytr, prototypes=prototypes, frequencies=frequencies, config=config, progress=progress)
     rows.append({"map": "assignment_prediction", **retrieval_accuracy(amap(xte), yte),
                  "final_loss": amap.losses[-1] if amap.losses else np.nan,
                  "preset": PRESET_LABELS.get(config.preset, config.preset)})

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from analyses.similarity import Kernel, center_gram, linear_gram, median_sq_distance, squared_distances
 from analyses.validation import AnalysisInputError, as_matrix, as_paired, check_positive_int
+from interp.runs.threads import single_blas_thread
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ def seeded_qap(
     seed: int = 0,
     kernel: Kernel = DEFAULT_KERNEL,
     maxiter: int = 30,
+    progress: bool = True,
 ) -> QAPResult:
     """Seeded graph matching of the query items of ``x`` and ``y`` with the base pairs fixed."""
     x, y = as_paired(x, y)
@@ -111,7 +113,7 @@ def seeded_qap(
     b = scaled_centered_kernel(y[np.concatenate([base_idx, query_idx[hidden]])], kernel)
     seeds = np.stack([np.arange(m), np.arange(m)], axis=1)
     best, objectives = None, np.empty(n_restarts)
-    for r, child in enumerate(tqdm(rng.spawn(n_restarts), desc="QAP restarts", leave=False, disable=n_restarts < 5)):
+    for r, child in enumerate(tqdm(rng.spawn(n_restarts), desc="QAP restarts", leave=False, disable=not progress or n_restarts < 5)):
         res = quadratic_assignment(
             a, b, method="faq",
             options={"maximize": True, "partial_match": seeds, "P0": "randomized", "rng": child, "maxiter": maxiter},
@@ -331,6 +333,8 @@ def protocol_splits(
     return [(base, np.random.default_rng(seed).permutation(rest)[:n_query]) for seed in seeds]
 
 
+# Small matrices: extra BLAS threads only spin at barriers (interp.runs.threads); results are the same.
+@single_blas_thread()
 def matching_protocol(
     x: Float[np.ndarray, "n p"],
     y: Float[np.ndarray, "n q"],
@@ -346,6 +350,7 @@ def matching_protocol(
     protocol: Protocol = "fixed_base",
     base_seed: int = 0,
     local_cka_bandwidth: Bandwidth = "per_set",
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Seed 002's protocol by default: one base set (drawn with ``base_seed``), queries redrawn per
     seed from the other items, RBF QAP and RBF local CKA with per-set bandwidths. ``protocol="redraw"``
@@ -370,7 +375,7 @@ def matching_protocol(
                   "base_selection": base_selection, "kernel": kernel, "protocol": protocol}
         if "qap" in methods:
             t0 = time.perf_counter()
-            res = seeded_qap(x, y, base, query, n_restarts=qap_restarts, seed=seed, kernel=kernel)
+            res = seeded_qap(x, y, base, query, n_restarts=qap_restarts, seed=seed, kernel=kernel, progress=progress)
             rows.append({**common, "method": "qap", "accuracy": res.accuracy, "objective": res.objective,
                          "restarts": qap_restarts, "seconds": time.perf_counter() - t0})
         if "local_cka" in methods:

@@ -26,6 +26,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from analyses.validation import AnalysisInputError, as_matrix, as_paired, check_positive_int
+from interp.runs.threads import single_blas_thread
 
 log = logging.getLogger(__name__)
 
@@ -281,14 +282,17 @@ class PermutationResult:
         return float(self.null.mean())
 
 
-def _hsic_cross_centered(kc: np.ndarray, lc: np.ndarray, perms: np.ndarray, debiased: bool) -> np.ndarray:
+def _hsic_cross_centered(kc: np.ndarray, lc: np.ndarray, perms: np.ndarray, debiased: bool,
+                         progress: bool = True) -> np.ndarray:
     """HSIC(K, L[perm][:, perm]) for each permutation row (kernels already centred or diag-zeroed)."""
     out = np.empty(perms.shape[0])
-    for i, perm in enumerate(tqdm(perms, desc="permutations", leave=False, disable=perms.shape[0] < 50)):
+    for i, perm in enumerate(tqdm(perms, desc="permutations", leave=False, disable=not progress or perms.shape[0] < 50)):
         out[i] = hsic_unbiased(kc, lc[np.ix_(perm, perm)]) if debiased else float(np.sum(kc * lc[np.ix_(perm, perm)]))
     return out
 
 
+# Small matrices: extra BLAS threads only spin at barriers (interp.runs.threads); results are the same.
+@single_blas_thread()
 def permutation_test(
     x: Float[np.ndarray, "n p"],
     y: Float[np.ndarray, "n q"],
@@ -297,6 +301,7 @@ def permutation_test(
     debiased: bool = False,
     n_permutations: int = 200,
     seed: int = 0,
+    progress: bool = True,
 ) -> PermutationResult:
     """Permutation baseline: CKA with the pairing shuffled; p = (1 + #{null >= observed}) / (1 + N).
 
@@ -324,12 +329,12 @@ def permutation_test(
         if debiased:
             den = np.sqrt(hsic_unbiased(k, k) * hsic_unbiased(l, l))
             observed = hsic_unbiased(k, l) / den
-            null = _hsic_cross_centered(k, l, perms, True) / den
+            null = _hsic_cross_centered(k, l, perms, True, progress) / den
         else:
             kc, lc = center_gram(k), center_gram(l)
             den = np.sqrt(np.sum(kc * kc) * np.sum(lc * lc))
             observed = float(np.sum(kc * lc) / den)
-            null = _hsic_cross_centered(kc, lc, perms, False) / den
+            null = _hsic_cross_centered(kc, lc, perms, False, progress) / den
     if not (np.isfinite(observed) and np.isfinite(null).all() and den > 0):
         raise AnalysisInputError(f"CKA is undefined for these inputs ({kernel}, debiased={debiased}): a self-similarity "
                                  "HSIC is zero or negative (rows nearly identical, or too few rows). Pass representations "
@@ -369,6 +374,7 @@ def cka_matrix(
     debiased: bool = False,
     names: tuple[str, str] = ("X", "Y"),
     constant_layers: Literal["raise", "nan"] = "raise",
+    progress: bool = True,
 ) -> Float[np.ndarray, "layers_x layers_y"]:
     """CKA between every layer of one model/tower (``xs``) and every layer of another (``ys``).
 
@@ -413,7 +419,7 @@ def cka_matrix(
         yside = [_linear_side(y) for y in ys]
         xself = [_linear_hsic_centered(*s, *s, debiased) for s in xside]
         yself = [_linear_hsic_centered(*s, *s, debiased) for s in yside]
-        for i in tqdm(range(len(xs)), desc="CKA matrix", leave=False, disable=len(xs) < 4):
+        for i in tqdm(range(len(xs)), desc="CKA matrix", leave=False, disable=not progress or len(xs) < 4):
             for j in range(len(ys)):
                 if xok[i] and yok[j]:
                     out[i, j] = _safe_ratio(_linear_hsic_centered(*xside[i], *yside[j], debiased), xself[i], yself[j])
@@ -423,7 +429,7 @@ def cka_matrix(
     xok, yok = usable(xs, names[0]), usable(ys, names[1])
     lgrams = [rbf_gram(y) if ok else None for y, ok in zip(ys, yok)]
     lself = [None if l is None else h(l, l) for l in lgrams]
-    for i in tqdm(range(len(xs)), desc="CKA matrix", leave=False, disable=len(xs) < 4):
+    for i in tqdm(range(len(xs)), desc="CKA matrix", leave=False, disable=not progress or len(xs) < 4):
         if not xok[i]:
             continue
         k = rbf_gram(xs[i])

@@ -7,6 +7,8 @@ and report: ``preset`` is ``"paper"`` when every recorded setting equals the pap
 
 Sources (see docs/fidelity.md for the measured effect of each deviation):
 
+- ``negation_pairs``: the negation study built its minimal pairs from VALSE existence's valid items
+  (``mturk.caption >= 2``: 505 items, 490 minimal pairs).
 - ``negation_scoring``: the negation study (Quantmeyer et al., 2024, "How and where does CLIP process
   negation?"), which scored VALSE existence through Hugging Face's ``CLIPProcessor``, computed the
   negator attention on all items and pooled the positions after the negator by their maximum.
@@ -25,6 +27,7 @@ from typing import Any, Mapping
 PREPROCESS_PIPELINES = ("open_clip", "hf")  # image preprocessing (interp.data.images)
 
 PAPER_SETTINGS: dict[str, dict[str, Any]] = {
+    "negation_pairs": {"items": "valid"},
     "negation_scoring": {"preprocess": "hf"},
     "negator_attention": {"further_pool": "max", "attention_items": "all"},
     "noise_tracing": {"noise_calibration": "corrupted", "noise_scale": 3.0},

@@ -53,9 +53,13 @@ def test_cli_synthetic_report_is_data_first_and_consistent(tmp_path):
     assert cli_main(["--synthetic", "200", "--out", str(out), *SMALL]) == 0
     files = {p.name for p in out.iterdir()}
     assert {"config.json", "report.md", "cka.csv", "cka_layers.csv", "matching.csv", "alignment.csv",
-            "alignment_summary.csv", "maps.csv", "cka_layers_linear.png", "pk_curves.png"} <= files
+            "alignment_summary.csv", "maps.csv", "figures", "items"} <= files
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["cka_layers_linear.png", "pk_curves.png"]
     config = json.loads((out / "config.json").read_text())
     assert config["inputs"]["x"]["meta"]["synthetic"] is True and "numpy" in config["versions"]
+    assert config["tool"] == "analyses.alignment" and config["complete"] is True
+    assert config["figures"] == ["figures/cka_layers_linear.png", "figures/pk_curves.png"]
+    assert "![figures/pk_curves.png](figures/pk_curves.png)" in (out / "report.md").read_text()
     # tables agree with direct calls on the same data
     x, y = synthetic_pair(200, seed=0)
     cka = pd.read_csv(out / "cka.csv")
@@ -67,11 +71,72 @@ def test_cli_synthetic_report_is_data_first_and_consistent(tmp_path):
     diag = layers[layers.x_index == layers.y_index].sort_values("x_index")["cka"].to_numpy()
     assert np.all(np.diff(diag) > 0)  # the planted shared signal grows with depth
     assert "synthetic" in (out / "report.md").read_text()
-    # an existing output is refused without --overwrite; bad sections are named
-    assert cli_run(["--synthetic", "200", "--out", str(out), *SMALL]) == 2
+    # the same settings again: every task is already done, the tables are written again unchanged
+    before = {name: (out / name).read_bytes() for name in ("cka.csv", "cka_layers.csv", "alignment.csv", "maps.csv")}
+    assert cli_run(["--synthetic", "200", "--out", str(out), *SMALL]) == 0
+    assert before == {name: (out / name).read_bytes() for name in before}
+    # other settings are refused, naming the difference; bad sections are named before any folder exists
+    assert cli_run(["--synthetic", "200", "--out", str(out), *SMALL, "--permutations", "20"]) == 2
     with pytest.raises(AnalysisInputError, match="unknown report section"):
         cli_main(["--synthetic", "50", "--out", str(tmp_path / "r2"), "--sections", "cka,umap"])
     assert not (tmp_path / "r2").exists()  # nothing half-written
+
+
+def test_matching_split_into_one_task_per_seed_equals_one_call_over_all_seeds():
+    """The resumable report runs each matching seed as its own task: the rows equal one call."""
+    from analyses.cli.report import ReportOptions, compute_tables
+    from analyses.matching import matching_protocol
+
+    x, y = synthetic_pair(120, seed=3)
+    for protocol in ("fixed_base", "redraw"):
+        opts = ReportOptions(sections=("matching",), seed=5, n_base=30, n_query=40, match_seeds=(2, 0, 7),
+                             qap_restarts=3, match_protocol=protocol)
+        split = compute_tables(x, y, opts)["matching"].drop(columns="seconds")
+        whole = matching_protocol(x.embeddings, y.embeddings, n_base=30, n_query=40, seeds=(2, 0, 7), qap_restarts=3,
+                                  protocol=protocol, base_seed=5).drop(columns="seconds")
+        pd.testing.assert_frame_equal(split, whole)
+
+
+def test_interrupted_report_keeps_finished_tasks_and_resumes_to_the_same_tables(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the third task keeps the two finished ones (and says so); the rerun computes only
+    the rest, and its tables equal an uninterrupted run's byte for byte."""
+    import analyses.cli.report as report
+
+    args = ["--synthetic", "120", *SMALL, "--sections", "cka,layers,alignment,maps"]
+    whole = tmp_path / "whole"
+    assert cli_main([*args, "--out", str(whole)]) == 0
+    original, computed = report.compute_task, []
+
+    def interrupted_third(x, y, opts, task, *rest):
+        computed.append(task)
+        if len(computed) == 3:
+            raise KeyboardInterrupt
+        return original(x, y, opts, task, *rest)
+
+    monkeypatch.setattr(report, "compute_task", interrupted_third)
+    out = tmp_path / "resumed"
+    assert cli_run([*args, "--out", str(out)]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"interrupted: kept the resumable run in {out} (2 items finished); rerun the same command to resume")
+    assert len(list((out / "items").glob("*.csv"))) == 2 and not (out / "report.md").exists()
+    computed.clear()
+    monkeypatch.setattr(report, "compute_task", lambda *a: computed.append(a[3]) or original(*a))
+    assert cli_main([*args, "--out", str(out)]) == 0
+    assert computed == ["alignment", "maps"]
+    for name in ("cka.csv", "cka_layers.csv", "alignment.csv", "alignment_summary.csv", "maps.csv", "report.md"):
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    """The analyses' own bars (permutations, QAP restarts, CKA matrix, map epochs) follow the command's
+    progress setting: off here, where stderr is captured."""
+    args = ["--synthetic", "80", "--permutations", "50", "--sections", "cka,layers,matching,maps", "--n-base", "20",
+            "--n-query", "30", "--match-seeds", "0", "--qap-restarts", "5", "--map-epochs", "2", "--map-min-steps", "0",
+            "--layer-kernels", "linear,rbf"]
+    assert cli_main([*args, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert not [word for word in ("permutations", "QAP restarts", "CKA matrix", "assignment map", "report tasks")
+                if word in err], err[-500:]
 
 
 def test_cli_reads_npz_and_reports_bad_input_in_one_line(tmp_path, capsys):
@@ -144,6 +209,13 @@ def test_extract_cli_then_report_on_tiny_model(tmp_path):
     assert pd.read_csv(out / "cka_layers.csv").shape[0] == 6  # 2 image blocks x 3 text states
     # alias groups: 4 captions per image, so each source has 4 gold targets
     assert (pd.read_csv(out / "alignment.csv")["n_test"].sum()) == 2 * 24
+    # --limit keeps the first N pairs: the same rows as the full run's first N
+    assert extract_main(["--images", str(tmp_path), "--captions", str(tmp_path / "captions.csv"), "--limit", "5",
+                         "--out", str(tmp_path / "emb5"), "--model", "tiny", "--pretrained", "none"]) == 0
+    full, first = load_embeddings(tmp_path / "emb/text.npz"), load_embeddings(tmp_path / "emb5/text.npz")
+    assert first.n == 5 and list(first.keys) == list(full.keys[:5])
+    np.testing.assert_allclose(first.embeddings, full.embeddings[:5], atol=1e-6)
+    assert pd.read_csv(tmp_path / "emb5/pairs.csv")["caption"].tolist() == [caption for _, caption in rows[:5]]
 
 
 def test_read_captions_errors(tmp_path):

@@ -136,6 +136,8 @@ def files(tmp_path_factory) -> dict[str, str]:
     f["captions_blank"].write_text("image,caption\na.png,\nb.png,a cat\nc.png,x\nd.png,y\n")
     f["captions_few"] = root / "captions_few.csv"
     f["captions_few"].write_text("image,caption\na.png,a dog\n")
+    f["captions_missing_image"] = root / "captions_missing_image.csv"
+    f["captions_missing_image"].write_text("image,caption\n" + "".join(f"no_such_image.png,a dog {i}\n" for i in range(4)))
 
     pieces = json.loads((Path(__file__).parents[1] / "datasets/valse/existence.json").read_text())
     f["valse_novalid"] = root / "valse_novalid"
@@ -374,8 +376,13 @@ ALIGN_CASES = [
     ("synthetic-tiny", ["--out", "{out}", "--synthetic", "2"], r"--synthetic 2 must be at least 8"),
     ("synthetic-and-files", [*AL, "--synthetic", "100", "--x", "{x}", "--y", "{y}"], r"either --synthetic N or --x/--y"),
     ("out-unwritable", ["--out", UNWRITABLE, "--x", "{x}", "--y", "{y}"], r"is not writable"),
-    ("out-is-file", ["--out", "{a_file}", "--x", "{x}", "--y", "{y}"], r"a_file\.txt exists: pass --overwrite"),
+    ("out-is-file", ["--out", "{a_file}", "--x", "{x}", "--y", "{y}"], r"--out .*a_file\.txt is a file"),
     ("out-is-file-overwrite", ["--out", "{a_file}", "--overwrite", "--x", "{x}", "--y", "{y}"], r"a_file\.txt is a file"),
+    ("out-under-file", ["--out", "{a_file}/sub", "--x", "{x}", "--y", "{y}"], r"a_file\.txt is a file, so no folder can be made under it"),
+    ("limit-small", [*AL, "--x", "{x}", "--y", "{y}", "--limit", "3"], r"--limit 3 must be at least 8"),
+    ("threads-zero", [*AL, "--x", "{x}", "--y", "{y}", "--threads", "0"], r"--threads 0 must be at least 1"),
+    ("match-seeds-repeated", [*AL, "--x", "{x}", "--y", "{y}", "--match-seeds", "0,1,0"], r"--match-seeds '0,1,0' lists seed\(s\) \[0\] more than once"),
+    ("matching-too-few-pairs", ["--out", "{out}", "--x", "{x}", "--y", "{y}", "--sections", "matching"], r"requested 320 base \+ 500 query pairs but only 40"),
 ]
 
 
@@ -399,6 +406,8 @@ EXTRACT_CASES = [
     ("device-gpu", [*EX, "--captions", "{captions_few}", "--device", "gpu"], r"--device gpu"),
     ("out-unwritable", ["--out", UNWRITABLE, "--images", "{images}", *TINY, "--captions", "{captions_few}"], r"is not writable"),
     ("out-is-file", ["--out", "{a_file}", "--images", "{images}", *TINY, "--captions", "{captions_few}"], r"a_file\.txt is a file"),
+    ("limit-small", [*EX, "--captions", "{captions_few}", "--limit", "2"], r"--limit 2 must be at least 4"),
+    ("image-missing", [*EX, "--captions", "{captions_missing_image}"], r"no_such_image\.png"),
 ]
 
 

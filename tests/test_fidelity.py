@@ -176,3 +176,18 @@ def test_trace_images_use_the_chosen_pipeline_and_record_it(tmp_path, monkeypatc
     deviation = "negation_scoring.preprocess: open_clip (paper: hf)"
     assert (deviation in settings["deviations"]) == (expected == "open_clip")
     assert f"image preprocessing: `{expected}`" in (out / "report.md").read_text()
+
+
+def test_data_records_which_items_make_the_pairs_as_its_preset(tmp_path):
+    """interp.data scores nothing; its one paper setting is the item set (the study's valid items)."""
+    from interp.cli.data import main as data_main
+
+    default, every = tmp_path / "valid", tmp_path / "all"
+    assert data_main(["--model", "tiny", "--pretrained", "none", "--limit", "3", "--out", str(default)]) == 0
+    settings = json.loads((default / "config.json").read_text())["settings"]
+    assert settings["preset"] == "paper" and settings["deviations"] == []
+    assert "Preset: `paper`" in (default / "report.md").read_text()
+    assert data_main(["--model", "tiny", "--pretrained", "none", "--limit", "3", "--all-items", "--out", str(every)]) == 0
+    settings = json.loads((every / "config.json").read_text())["settings"]
+    assert settings["preset"] == "custom" and settings["deviations"] == ["negation_pairs.items: all (paper: valid)"]
+    assert "negation_pairs.items: all (paper: valid)" in (every / "report.md").read_text()

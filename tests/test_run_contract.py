@@ -37,16 +37,19 @@ class Command:
     resumable: bool
 
 
-# The commands on the run contract (interp.runs.rundir.RunDir). probes.ideal_words, probes.linear,
-# analyses.alignment and analyses.extract still write their report folder in one step (refusing an
-# existing --out unless --overwrite; tested in their own CLI tests): moving them onto RunDir is open
-# work, and each joins this list when it moves.
+# The commands on the run contract (interp.runs.rundir.RunDir). A resumable command's fast arguments
+# make exactly 3 items (analyses.alignment: one per section).
 COMMANDS = [
     Command("trace", "interp.trace", "interp.cli.trace",
             ("--task", "existence", *TINY, "--target", "text", "--limit", "3", "--batch-size", "1", "--no-figures"), True),
     Command("ablate", "interp.ablate", "interp.cli.ablate",
             (*TINY, "--target", "text", "--limit", "3", "--batch-size", "1", "--components", "mlp"), True),
     Command("data", "interp.data", "interp.cli.data", (*TINY, "--limit", "5"), False),
+    Command("analyses.alignment", "analyses.alignment", "analyses.cli.alignment",
+            ("--x", "{x_npz}", "--y", "{y_npz}", "--sections", "cka,layers,alignment", "--permutations", "5",
+             "--folds", "3", "--csls-k", "5"), True),
+    Command("analyses.extract", "analyses.extract", "analyses.cli.extract",
+            ("--images", "{images}", "--captions", "{captions}", *TINY, "--batch-size", "2"), False),
 ]
 IDS = [c.name for c in COMMANDS]
 
@@ -66,7 +69,13 @@ def inputs(tmp_path_factory) -> dict[str, str]:
         Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
     captions = folder / "captions.csv"
     captions.write_text("image,caption\nim0.png,a red car\nim1.png,a blue cup\nim0.png,a car\nim1.png,a cup\n")
-    return {"concepts": str(concepts), "images": str(folder), "captions": str(captions)}
+    from analyses.io import save_embeddings
+    from analyses.synthetic import synthetic_pair
+
+    x, y = synthetic_pair(40, n_layers=2)
+    x_npz, y_npz = save_embeddings(folder / "x.npz", x), save_embeddings(folder / "y.npz", y)
+    return {"concepts": str(concepts), "images": str(folder), "captions": str(captions), "x_npz": str(x_npz),
+            "y_npz": str(y_npz)}
 
 
 def _argv(command: Command, inputs: dict[str, str], out: Path, *extra: str) -> list[str]:

@@ -21,6 +21,7 @@ import pandas as pd
 from jaxtyping import Float, Int, Shaped
 
 from analyses.validation import AnalysisInputError, as_matrix, as_paired, check_positive_int
+from interp.runs.threads import single_blas_thread
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,8 @@ def _folds(groups: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
     return [np.isin(groups, part) for part in np.array_split(order, n_folds)]
 
 
+# Small matrices: extra BLAS threads only spin at barriers (interp.runs.threads); results are the same.
+@single_blas_thread()
 def kfold_alignment(
     x: Float[np.ndarray, "n p"],
     y: Float[np.ndarray, "v q"],

@@ -1,22 +1,23 @@
-"""Write a representation-similarity report for two paired embedding sets.
+"""The representation-similarity report of two paired embedding sets, written into a run directory.
 
-The report directory holds data first: ``config.json`` (arguments, package versions, the models and
-weights behind each input, or "synthetic"), CSV tables (``cka.csv``, ``cka_layers.csv``,
-``matching.csv``, ``alignment.csv``, ``alignment_summary.csv``, ``maps.csv``), seaborn figures drawn
-from those tables (``cka_layers_<kernel>.png``, ``pk_curves.png``) and ``report.md`` built from the
-tables. Everything is written into a temporary directory renamed into place at the end.
+The run directory (:class:`interp.runs.rundir.RunDir`) holds data first: ``config.json`` (settings,
+arguments, package versions, the options, the preset record, and the models and weights behind each
+input, or "synthetic"), CSV tables (``cka.csv``, ``cka_layers.csv``, ``matching.csv``,
+``alignment.csv``, ``alignment_summary.csv``, ``maps.csv``), seaborn figures drawn from those tables
+(``figures/cka_layers_<kernel>.png``, ``figures/pk_curves.png``) and ``report.md`` built from the tables.
+
+The report is computed as independent *tasks* (:func:`report_tasks`: one per section, and one per seed
+of the matching section, the slow one). Each finished task's table is kept under ``items/``, so a
+killed run loses at most the task in flight and a rerun with the same settings resumes. The final
+tables are always assembled from the stored task tables, so a resumed run writes the same tables as an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,11 +31,16 @@ from analyses.validation import AnalysisInputError
 from interp.presets import preset_record, preset_sentence
 from interp.runs.plots import pyplot_and_seaborn
 from interp.runs.report import markdown_table
-from interp.runs.rundir import package_versions
+from interp.runs.rundir import read_csv
+
+if TYPE_CHECKING:
+    from interp.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
 from analyses.options import SECTIONS  # noqa: E402,F401 - re-exported
+
+MATCHING_TASK_PREFIX = "matching-seed-"  # one matching task per split seed: "matching-seed-0", ...
 
 
 @dataclass
@@ -89,15 +95,37 @@ def _pairs_from_groups(groups: np.ndarray | None, n: int) -> np.ndarray:
     return np.concatenate(pairs)
 
 
-def compute_tables(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions) -> dict[str, pd.DataFrame]:
-    """All report tables (one DataFrame per CSV), computed from the two embedding sets."""
+def check_inputs(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions) -> None:
+    """The checks that need the data but no analysis (run before any output folder exists)."""
     check_pairing(x, y)
     unknown = set(opts.sections) - set(SECTIONS)
     if unknown:
         raise AnalysisInputError(f"unknown report section(s) {sorted(unknown)}: choose from {SECTIONS}.")
-    tables: dict[str, pd.DataFrame] = {}
+    if "matching" in opts.sections and opts.n_base + opts.n_query > x.n:
+        raise AnalysisInputError(
+            f"requested {opts.n_base} base + {opts.n_query} query pairs but only {x.n} pairs are available: "
+            "lower --n-base/--n-query or pass more pairs."
+        )
+
+
+def report_tasks(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions) -> list[str]:
+    """The independent pieces of the report, in report order: a section name, or ``matching-seed-<s>``."""
+    tasks = []
+    for section in SECTIONS:
+        if section not in opts.sections or (section == "layers" and not (x.layers and y.layers)):
+            continue
+        if section == "matching":
+            tasks += [f"{MATCHING_TASK_PREFIX}{s}" for s in opts.match_seeds]
+        else:
+            tasks.append(section)
+    return tasks
+
+
+def compute_task(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions, task: str, progress: bool = False) -> pd.DataFrame:
+    """The table of one task of :func:`report_tasks` (one row per kernel x estimator, layer pair, seed x
+    method, fold x retrieval, or map); ``progress`` shows the analyses' own progress bars."""
     n = x.n
-    if "cka" in opts.sections:
+    if task == "cka":
         rows = []
         for kernel in ("linear", "rbf"):
             if kernel == "rbf" and n > opts.rbf_max_n:
@@ -105,41 +133,66 @@ def compute_tables(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions) -> dic
                 continue
             for debiased in (False, True):
                 res = permutation_test(x.embeddings, y.embeddings, kernel=kernel, debiased=debiased,
-                                       n_permutations=opts.permutations, seed=opts.seed)
+                                       n_permutations=opts.permutations, seed=opts.seed, progress=progress)
                 rows.append({"kernel": kernel, "debiased": debiased, "n": n, "cka": res.observed,
                              "shuffled_mean": res.null_mean, "shuffled_max": float(res.null.max()),
                              "permutations": opts.permutations, "p_value": res.p_value})
-        tables["cka"] = pd.DataFrame(rows)
-    if "layers" in opts.sections and x.layers and y.layers:
+        return pd.DataFrame(rows)
+    if task == "layers":
         rows = []
         for kernel in opts.layer_kernels:
-            mat = cka_matrix(x.layers, y.layers, kernel=kernel, names=("--x", "--y"), constant_layers="nan")
+            mat = cka_matrix(x.layers, y.layers, kernel=kernel, names=("--x", "--y"), constant_layers="nan",
+                             progress=progress)
             for i, xname in enumerate(x.layer_names):
                 for j, yname in enumerate(y.layer_names):
                     rows.append({"kernel": kernel, "x_layer": xname, "y_layer": yname, "x_index": i,
                                  "y_index": j, "cka": mat[i, j]})
-        tables["cka_layers"] = pd.DataFrame(rows)
-    if "matching" in opts.sections:
-        tables["matching"] = matching_protocol(
-            x.embeddings, y.embeddings, n_base=opts.n_base, n_query=opts.n_query, seeds=opts.match_seeds,
+        return pd.DataFrame(rows)
+    if task.startswith(MATCHING_TASK_PREFIX):
+        # One seed of the protocol: the base set depends on opts.seed only, the queries on this seed,
+        # so the rows equal those of one call over every seed.
+        seed = int(task[len(MATCHING_TASK_PREFIX):])
+        return matching_protocol(
+            x.embeddings, y.embeddings, n_base=opts.n_base, n_query=opts.n_query, seeds=(seed,),
             stretching=opts.stretching, base_selection=opts.base_selection, kernel=opts.match_kernel,
             qap_restarts=opts.qap_restarts, protocol=opts.match_protocol, base_seed=opts.seed,
-            local_cka_bandwidth=opts.local_cka_bandwidth,
+            local_cka_bandwidth=opts.local_cka_bandwidth, progress=progress,
         )
-    if "alignment" in opts.sections:
+    if task == "alignment":
         groups = y.groups if y.groups is not None else x.groups
-        table = kfold_alignment(x.embeddings, y.embeddings, _pairs_from_groups(groups, n), groups=groups,
-                                n_folds=opts.folds, seed=opts.seed, csls_k=opts.csls_k)
-        tables["alignment"] = table
+        return kfold_alignment(x.embeddings, y.embeddings, _pairs_from_groups(groups, n), groups=groups,
+                               n_folds=opts.folds, seed=opts.seed, csls_k=opts.csls_k)
+    if task == "maps":
+        return compare_maps(x.embeddings, y.embeddings, seed=opts.seed, config=opts.map_config, progress=progress)
+    raise AnalysisInputError(f"unknown report task {task!r}: see report_tasks().")
+
+
+def assemble_tables(parts: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The report's tables (one DataFrame per CSV) from the task tables of :func:`report_tasks`."""
+    tables = {name: parts[name] for name in ("cka", "layers") if name in parts}
+    if "layers" in tables:
+        tables["cka_layers"] = tables.pop("layers")
+    matching = [part for task, part in parts.items() if task.startswith(MATCHING_TASK_PREFIX)]
+    if matching:
+        tables["matching"] = pd.concat(matching, ignore_index=True)
+    if "alignment" in parts:
+        table = tables["alignment"] = parts["alignment"]
         pk = [f"P@{k}" for k in PRECISION_KS]
         tables["alignment_summary"] = table.groupby("retrieval", sort=False)[pk].agg(["mean", "std"]).pipe(
             lambda t: t.set_axis([f"{a} {b}" for a, b in t.columns], axis=1)).reset_index()
-    if "maps" in opts.sections:
-        tables["maps"] = compare_maps(x.embeddings, y.embeddings, seed=opts.seed, config=opts.map_config)
+    if "maps" in parts:
+        tables["maps"] = parts["maps"]
     return tables
 
 
-def _figures(tables: dict[str, pd.DataFrame], out: Path) -> list[str]:
+def compute_tables(x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions) -> dict[str, pd.DataFrame]:
+    """All report tables computed in memory (no files), from the two embedding sets."""
+    check_inputs(x, y, opts)
+    return assemble_tables({task: compute_task(x, y, opts, task) for task in report_tasks(x, y, opts)})
+
+
+def _figures(tables: dict[str, pd.DataFrame], run: RunDir) -> list[str]:
+    """Draw the figures from the tables into ``figures/``; their names relative to the run."""
     plt, sns = pyplot_and_seaborn()
 
     written = []
@@ -151,9 +204,8 @@ def _figures(tables: dict[str, pd.DataFrame], out: Path) -> list[str]:
                         xticklabels=part.drop_duplicates("y_index")["y_layer"],
                         yticklabels=part.drop_duplicates("x_index")["x_layer"])
             ax.set(xlabel="Y layer", ylabel="X layer", title=f"{kernel} CKA by layer")
-            fig.savefig(out / f"cka_layers_{kernel}.png", dpi=100, bbox_inches="tight")
-            plt.close(fig)
-            written.append(f"cka_layers_{kernel}.png")
+            run.save_figure(fig, f"cka_layers_{kernel}.png", dpi=100)
+            written.append(f"figures/cka_layers_{kernel}.png")
     if "alignment" in tables:
         long = tables["alignment"].melt(id_vars=["fold", "retrieval"], value_vars=[f"P@{k}" for k in PRECISION_KS],
                                         var_name="k", value_name="precision")
@@ -161,21 +213,21 @@ def _figures(tables: dict[str, pd.DataFrame], out: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         sns.lineplot(long, x="k", y="precision", hue="retrieval", marker="o", errorbar="sd", ax=ax)
         ax.set(xscale="log", ylim=(0, 1.02), title="Procrustes retrieval, P@k (mean ± sd over folds)")
-        fig.savefig(out / "pk_curves.png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append("pk_curves.png")
+        run.save_figure(fig, "pk_curves.png", dpi=100)
+        written.append("figures/pk_curves.png")
     return written
 
 
-def _markdown(tables: dict[str, pd.DataFrame], config: dict[str, Any], figures: list[str]) -> str:
-    src = config["inputs"]
+def _markdown(tables: dict[str, pd.DataFrame], inputs: dict[str, Any], opts: ReportOptions,
+              presets: dict[str, Any], figures: list[str]) -> str:
     lines = ["# Representation similarity report", "",
-             f"- X: `{src['x']['path']}`: {src['x']['description']}",
-             f"- Y: `{src['y']['path']}`: {src['y']['description']}",
-             f"- {src['n']} paired items. All numbers below come from these inputs; they are CLIP results only if "
+             f"- X: `{inputs['x']['path']}`: {inputs['x']['description']}",
+             f"- Y: `{inputs['y']['path']}`: {inputs['y']['description']}",
+             f"- {inputs['n']} paired items. All numbers below come from these inputs; they are CLIP results only if "
              "both inputs were extracted with real CLIP weights.",
-             f"- {preset_sentence(config['presets'])}",
-             f"- Assignment map settings: {PRESET_LABELS.get(config['options']['map_config']['preset'], '?')}.", ""]
+             f"- {preset_sentence(presets)}",
+             *([f"- Assignment map settings: {PRESET_LABELS.get(opts.map_config.preset, '?')}."] if "maps" in tables else []),
+             ""]
     sections = [
         ("cka", "CKA of the final embeddings, with a shuffled-pairing baseline"),
         ("cka_layers", "Layer-by-layer CKA"),
@@ -207,38 +259,32 @@ def describe(data: EmbeddingSet) -> str:
             f"{meta.get('tower', '?')} tower")
 
 
-def write_report(
-    x: EmbeddingSet, y: EmbeddingSet, out: str | os.PathLike, opts: ReportOptions, *,
-    sources: tuple[str, str] = ("<memory>", "<memory>"), args: dict[str, Any] | None = None, overwrite: bool = False,
-) -> Path:
-    """Compute every table and write the report directory ``out`` (atomically: temp dir then rename)."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise AnalysisInputError(f"output directory {out} exists: pass --overwrite or choose another --out.")
-    tables = compute_tables(x, y, opts)
-    config = {
-        "args": args or {}, "options": opts.as_dict(), "presets": presets_of(opts), "versions": package_versions(),
-        "inputs": {"n": x.n,
-                   "x": {"path": sources[0], "description": describe(x), "meta": x.meta, "dim": x.embeddings.shape[1],
-                         "layers": x.layer_names},
-                   "y": {"path": sources[1], "description": describe(y), "meta": y.meta, "dim": y.embeddings.shape[1],
-                         "layers": y.layer_names}},
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        for name, table in tables.items():
-            table.to_csv(tmp / f"{name}.csv", index=False)
-        figures = _figures(tables, tmp)
-        config["tables"] = sorted(f"{name}.csv" for name in tables)
-        config["figures"] = figures
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
-        (tmp / "report.md").write_text(_markdown(tables, config, figures))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("report written to %s", out)
-    return out
+def describe_inputs(x: EmbeddingSet, y: EmbeddingSet, sources: tuple[str, str]) -> dict[str, Any]:
+    """What config.json and report.md say about the two inputs: path, model and weights, size, layers."""
+    return {"n": x.n, **{side: {"path": source, "description": describe(data), "meta": data.meta,
+                                "dim": data.embeddings.shape[1], "layers": data.layer_names}
+                         for side, data, source in (("x", x, sources[0]), ("y", y, sources[1]))}}
+
+
+def write_report(run: RunDir, x: EmbeddingSet, y: EmbeddingSet, opts: ReportOptions, *,
+                 sources: tuple[str, str] = ("<memory>", "<memory>"), progress: bool = False) -> list[str]:
+    """Compute the tasks ``run`` does not hold yet (each stored in ``items/`` when done), then write the
+    tables, figures and report.md from the stored task tables. Returns the written file names."""
+    from tqdm.auto import tqdm
+
+    check_inputs(x, y, opts)
+    tasks = report_tasks(x, y, opts)
+    done = run.items.done()
+    todo = [task for task in tasks if task not in done]
+    log.info("%d report tasks, %d already done in %s", len(tasks), len(tasks) - len(todo), run.path)
+    for task in tqdm(todo, desc="report tasks", disable=not progress):
+        run.items.write(task, compute_task(x, y, opts, task, progress).assign(item_id=task))
+    parts = {task: read_csv(run.items.file_of(task)).drop(columns="item_id") for task in tasks}
+    tables = assemble_tables(parts)
+    written = [run.write_table(table, f"{name}.csv").name for name, table in tables.items()]
+    figures = _figures(tables, run)
+    inputs, presets = describe_inputs(x, y, sources), presets_of(opts)
+    run.record(inputs=inputs, options=opts.as_dict(), presets=presets,
+               tables=sorted(f"{name}.csv" for name in tables), figures=figures)
+    run.write_text(_markdown(tables, inputs, opts, presets, figures), "report.md")
+    return [*written, *figures, "report.md"]

@@ -70,7 +70,7 @@ def read_captions(path: str | os.PathLike) -> tuple[list[str], list[str]]:
 
 @torch.no_grad()
 def image_tower_layers(
-    model: nn.Module, pixels: Float[Tensor, "n 3 h w"], *, batch_size: int = DEFAULT_BATCH_SIZE
+    model: nn.Module, pixels: Float[Tensor, "n 3 h w"], *, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True
 ) -> tuple[Float[Tensor, "layer n width"], Float[Tensor, "n d_embed"]]:
     """CLS-token residual states after each block ``[n_blocks, n, width]`` and the projected embedding."""
     visual = model.visual
@@ -85,7 +85,7 @@ def image_tower_layers(
     layers, finals = [], []
     param = next(model.parameters())
     try:
-        for start in tqdm(range(0, pixels.shape[0], batch_size), desc="image tower", leave=False):
+        for start in tqdm(range(0, pixels.shape[0], batch_size), desc="image tower", leave=False, disable=not progress):
             store.clear()
             finals.append(model.encode_image(pixels[start : start + batch_size].to(param.device, param.dtype)).float().cpu())
             if len(store) != len(blocks):
@@ -109,11 +109,14 @@ def extract_pairs(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    clip: nn.Module | None = None,
+    progress: bool = True,
 ) -> tuple[EmbeddingSet, EmbeddingSet]:
     """Image-side and text-side :class:`EmbeddingSet` for caption pairs (row i = pair i).
 
     Images are read from ``images_dir`` (each unique file once) unless ``pixels`` holds the preprocessed
-    unique images in order of first appearance in ``image_files``.
+    unique images in order of first appearance in ``image_files``. ``clip``: the open_clip model
+    ``model_name``/``pretrained`` name, when the caller has built it already (else it is built here).
     """
     from interp.models.loading import create_open_clip_model, hooked_from_open_clip, resolve_pretrained, weights_fingerprint
     from probes.embeddings import encode_texts
@@ -123,7 +126,8 @@ def extract_pairs(
     unique = list(dict.fromkeys(image_files))  # order of first appearance
     position = {name: i for i, name in enumerate(unique)}
     inverse = np.array([position[name] for name in image_files])
-    clip = create_open_clip_model(model_name, pretrained, device=device, dtype=dtype, seed=seed)
+    if clip is None:
+        clip = create_open_clip_model(model_name, pretrained, device=device, dtype=dtype, seed=seed)
     tag = resolve_pretrained(model_name, pretrained)
     if pixels is None:
         if images_dir is None:
@@ -135,9 +139,9 @@ def extract_pairs(
                             for s in range(0, len(paths), batch_size)])
     elif pixels.shape[0] != len(unique):
         raise AnalysisInputError(f"pixels has {pixels.shape[0]} images but the pairs name {len(unique)} unique images.")
-    img_layers, img_final = image_tower_layers(clip, pixels, batch_size=batch_size)
+    img_layers, img_final = image_tower_layers(clip, pixels, batch_size=batch_size, progress=progress)
     text_model = hooked_from_open_clip(clip, model_name, tag)
-    feats = encode_texts(text_model, list(captions), layers=True, batch_size=batch_size)
+    feats = encode_texts(text_model, list(captions), layers=True, batch_size=batch_size, progress=progress)
     meta = {"model": model_name, "pretrained": tag, "seed": seed, "dtype": str(dtype).replace("torch.", ""), "weights_sha256": weights_fingerprint(clip),
             "n_pairs": len(captions), "n_images": len(unique)}
     keys = np.array([f"{i}:{f}" for i, f in enumerate(image_files)])

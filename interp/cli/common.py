@@ -59,14 +59,16 @@ NON_RESULT_ARGS = frozenset({"out", "overwrite", "debug", "no_progress", "thread
                              "name", "device", "cluster"})
 
 
-def add_run_args(parser: argparse.ArgumentParser, *, out_help: str, out_required: bool = True) -> None:
-    """``--out``, ``--overwrite``, ``--threads``, ``--no-progress``: the flags of the run contract."""
+def add_run_args(parser: argparse.ArgumentParser, *, out_help: str, out_required: bool = True,
+                 threads_help: str | None = None) -> None:
+    """``--out``, ``--overwrite``, ``--threads``, ``--no-progress``: the flags of the run contract
+    (``threads_help`` for a command whose threads mean something narrower than torch's whole pool)."""
     group = parser.add_argument_group("run")
     group.add_argument("--out", required=out_required, help=out_help + "; rerunning with the same settings "
                        "resumes (or does nothing when the run is complete), other settings are refused")
     group.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
-    group.add_argument("--threads", type=int, help="torch CPU threads (default: the physical cores, 1 when the "
-                       "load average says they are busy; the choice is recorded in config.json)")
+    group.add_argument("--threads", type=int, help=threads_help or "torch CPU threads (default: the physical cores, "
+                       "1 when the load average says they are busy; the choice is recorded in config.json)")
     group.add_argument("--no-progress", action="store_true",
                        help="no progress bar (also off when stderr is not a terminal)")
 

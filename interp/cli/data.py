@@ -16,6 +16,7 @@ from typing import Sequence
 # Light imports only at module level (--help must not wait for torch or pandas).
 from interp.cli.common import add_model_args, add_run_args, check_model_args, load_model_from_args, run_cli, run_settings
 from interp.cli.validate import UsageParser, at_least, writable_out
+from interp.presets import preset_record, preset_sentence
 
 log = logging.getLogger(__name__)
 TOOL = "data"
@@ -48,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_model_from_args(args)
     pairs_kept = result.pairs[: args.limit]
     settings = run_settings(args, pretrained=str(model.cfg.pretrained), weights_fingerprint=weights_fingerprint(model))
+    # This command scores nothing (no images, no weights used): its one paper setting is which items make the pairs.
+    settings.update(preset_record({"negation_pairs": {"items": "all" if args.all_items else "valid"}}))
     with RunDir(args.out, TOOL, settings, arguments=vars(args), overwrite=args.overwrite, resumable=False) as run:
         if run.complete:
             log.info("%s already holds this run (same settings): nothing to do", run.path)
@@ -71,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             + (f" (--limit {args.limit})" if args.limit else "") + f", {len(aligned)} token-aligned, {len(rejected)} rejected.",
             "Tables: `pairs.csv` (one row per pair), `exclusions.csv` (items outside the set, with reasons), "
             "`roles.csv` (one row per item and position), `counts.json`.",
+            preset_sentence(settings),
         ]).write(run.file("report.md"))
         run.record(counts=counts, model={"name": model.cfg.model_name, "pretrained": str(model.cfg.pretrained),
                                          "tokenizer": getattr(model.tokenizer, "name", type(model.tokenizer).__name__)})
