@@ -47,6 +47,8 @@ COMMANDS = [
     Command("ablate", "interp.ablate", "interp.cli.ablate",
             (*TINY, "--target", "text", "--limit", "3", "--batch-size", "1", "--components", "mlp"), True),
     Command("data", "interp.data", "interp.cli.data", (*TINY, "--limit", "5"), False),
+    Command("image", "interp.image", "interp.cli.image",
+            ("--task", "existence", "--images", "{scenes}", *TINY, "--limit", "1", "--no-figures"), False),
 ]
 IDS = [c.name for c in COMMANDS]
 
@@ -66,7 +68,13 @@ def inputs(tmp_path_factory) -> dict[str, str]:
         Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
     captions = folder / "captions.csv"
     captions.write_text("image,caption\nim0.png,a red car\nim1.png,a blue cup\nim0.png,a car\nim1.png,a cup\n")
-    return {"concepts": str(concepts), "images": str(folder), "captions": str(captions)}
+    # drawn scenes under the names of the first VALSE existence items' images (interp.image)
+    from interp.data.valse import load_piece
+    from interp.vision.synthetic import write_scenes
+
+    scenes = folder / "scenes"
+    write_scenes(scenes, {item.image_file: k % 2 == 0 for k, item in enumerate(load_piece("existence")[:2])}, size=64)
+    return {"concepts": str(concepts), "images": str(folder), "captions": str(captions), "scenes": str(scenes)}
 
 
 def _argv(command: Command, inputs: dict[str, str], out: Path, *extra: str) -> list[str]:

@@ -27,7 +27,7 @@ from interp.models.image_encoder import HookedImageEncoder
 from interp.vision.scores import score_gap
 
 EMBED_HOOK = "embed.hook_embed"
-DEFAULT_MAX_ROWS = 256  # cells per batched run
+DEFAULT_MAX_ROWS = 32  # cells per batched run: fastest at 1 thread on ViT-B-32 (docs/image.md, Speed)
 
 
 class ImageTraceError(ClipInterpError, ValueError):
