@@ -7,10 +7,18 @@ corrupted image the user gives. For each cell (l, i) the corrupted state at laye
 (``resid_hook_name(l)``) gets position i's clean state back and the rest of the tower runs; the
 recovered fraction is ``(d_restored - d_corrupt) / (d_clean - d_corrupt)``.
 
-The tower is bidirectional, so a restored patch at (l, i) reaches every later position: every cell
-is run. Speed: the clean and corrupted states of every layer are computed once; all cells of a layer
-are one batched run that starts at that layer (the unchanged prefix is reused).
-:func:`restore_cell_reference` is the per-cell oracle (one full corrupted forward with one patch hook).
+The tower is bidirectional, so a restored patch at (l, i) changes every position from block l on:
+no cell can skip those blocks. What the engine does skip (each shortcut exact, each tested against
+:func:`restore_cell_reference`, the per-cell oracle: one full corrupted forward with one patch hook):
+
+- the prefix: the clean and corrupted states (and the corrupted Q/K/V) of every layer are computed
+  once, and a cell starts at its layer, batched with up to ``max_rows`` other cells;
+- in block l, the Q/K/V of the positions that were not restored (the corrupted run's);
+- with class-token readout, everything in the last block but K/V at every position and the class
+  token's own path (so cells at the final state are settled from the two runs);
+- cells whose clean state equals their corrupted state (settled as ``d_corrupt``).
+
+:mod:`interp.vision.trace_cost` counts what this leaves in FLOPs against the per-cell loop.
 """
 
 from __future__ import annotations
