@@ -59,10 +59,10 @@ def _oracle_grid(model, images, u, corruption: Corruption) -> torch.Tensor:
 
 
 TOWERS = {
-    "cls, 3 layers": dict(layers=3),
-    "cls, LayerScale": dict(layers=3, ls_init_value=0.5),
-    "mean pooling": dict(layers=3, pool_type="avg"),
-    "mean pooling, ln_post after": dict(layers=2, pool_type="avg", final_ln_after_pool=True),
+    "cls, 3 layers": {"layers": 3},
+    "cls, LayerScale": {"layers": 3, "ls_init_value": 0.5},
+    "mean pooling": {"layers": 3, "pool_type": "avg"},
+    "mean pooling, ln_post after": {"layers": 2, "pool_type": "avg", "final_ln_after_pool": True},
 }
 
 
