@@ -7,7 +7,7 @@ everything but the class token's path in the last block when the class token is 
 cell whose clean state equals its corrupted state. Each shortcut is checked here against
 restore_cell_reference (one full batch-1 corrupted forward with one restoring hook) on every
 (image, layer, position) cell, on towers that take every path: class-token and mean pooling,
-ln_post after pooling, LayerScale, 2 and 3 layers (a 3-layer tower has a block between the restored
+ln_post after pooling, LayerScale, 1, 2 and 3 layers (a 3-layer tower has a block between the restored
 one and the last), noise on every patch, noise in a box, and a corrupted image.
 
 Tolerance: float32, logit scale 0 (d in cosine units, |d| <= |u| <= 2): 1e-5 (the engine and the
@@ -59,6 +59,7 @@ def _oracle_grid(model, images, u, corruption: Corruption) -> torch.Tensor:
 
 
 TOWERS = {
+    "cls, 1 layer": {"layers": 1},  # the restored block is also the last
     "cls, 3 layers": {"layers": 3},
     "cls, LayerScale": {"layers": 3, "ls_init_value": 0.5},
     "mean pooling": {"layers": 3, "pool_type": "avg"},
