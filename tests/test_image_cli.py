@@ -109,6 +109,6 @@ def test_image_trace_benchmark_runs_and_agrees(capsys):
 
     assert main(["image-trace", "--model", "tiny", "--images", "1", "--loop-cells", "4", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert "EXTRAPOLATED" in out and "speed-up" in out
+    assert "EXTRAPOLATED" in out and "speed-up" in out and "FLOP ratio (loop / engine)" in out
     diff = float(out.rsplit("max |engine - loop| on the loop's cells: ", 1)[1].split()[0])
     assert diff <= 1e-5

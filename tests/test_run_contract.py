@@ -50,6 +50,8 @@ COMMANDS = [
              "--folds", "3", "--csls-k", "5"), True),
     Command("analyses.extract", "analyses.extract", "analyses.cli.extract",
             ("--images", "{images}", "--captions", "{captions}", *TINY, "--batch-size", "2"), False),
+    Command("image", "interp.image", "interp.cli.image",
+            ("--task", "existence", "--images", "{scenes}", *TINY, "--limit", "1", "--no-figures"), False),
 ]
 IDS = [c.name for c in COMMANDS]
 
@@ -74,8 +76,14 @@ def inputs(tmp_path_factory) -> dict[str, str]:
 
     x, y = synthetic_pair(40, n_layers=2)
     x_npz, y_npz = save_embeddings(folder / "x.npz", x), save_embeddings(folder / "y.npz", y)
+    # drawn scenes under the names of the first VALSE existence items' images (interp.image)
+    from interp.data.valse import load_piece
+    from interp.vision.synthetic import write_scenes
+
+    scenes = folder / "scenes"
+    write_scenes(scenes, {item.image_file: k % 2 == 0 for k, item in enumerate(load_piece("existence")[:2])}, size=64)
     return {"concepts": str(concepts), "images": str(folder), "captions": str(captions), "x_npz": str(x_npz),
-            "y_npz": str(y_npz)}
+            "y_npz": str(y_npz), "scenes": str(scenes)}
 
 
 def _argv(command: Command, inputs: dict[str, str], out: Path, *extra: str) -> list[str]:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from interp.cli.common import add_model_args, check_device, run_cli, setup_threads, torch_dtype
+from interp.cli.common import add_model_args, add_run_args, check_model_args, run_cli, setup_threads, torch_dtype
+from interp.cli.validate import writable_out
 from interp.errors import ClipInterpError
 
 if TYPE_CHECKING:  # torch loads after the flags are checked, so --help stays instant
@@ -58,12 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="noise std in units of the std of the patch embeddings (default 3, as ROME)")
     analysis.add_argument("--top-heads", type=int, default=DEFAULT_TOP_HEADS,
                           help=f"heads per tower in the bridge table, and image heads with patch maps (default {DEFAULT_TOP_HEADS})")
-    run = parser.add_argument_group("run")
-    run.add_argument("--out", help="run directory (default results/image/<model>/<--name or timestamp>/)")
-    run.add_argument("--name", help="name of the run directory under results/image/<model>/")
-    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("--no-figures", action="store_true", help="skip the PNG figures (tables and report only)")
+    add_run_args(parser, out_help="run directory (default results/image/<model>/<--name or timestamp>/)", out_required=False)
+    parser.add_argument("--name", help="name of the run directory under results/image/<model>/ (without --out)")
+    parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures (tables and report only)")
     return parser
 
 
@@ -78,7 +76,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ClipInterpError(f"--top-heads {args.top_heads} must be at least 1")
     if args.noise_factor <= 0:
         raise ClipInterpError(f"--noise-factor {args.noise_factor} must be positive")
-    check_device(args.device)
+    writable_out(args.out)
+    check_model_args(args)
 
 
 @dataclass
@@ -141,11 +140,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
     clip = load_clip(args.model, pretrained, device=args.device, dtype=torch_dtype(args.dtype), seed=args.seed)
     inputs = load_inputs(args, selection, clip.preprocess)
-    from interp.cli.image_report import compute, write_outputs
+    from interp.cli.image_report import compute, open_run, write_outputs
 
-    results = compute(clip, inputs, args)
-    written = write_outputs(clip, inputs, results, args, argv=list(sys.argv[1:] if argv is None else argv))
-    log.info("wrote %d files to %s", len(written), written[-1].parent)
+    # The run directory opens once every input has been read; a one-shot run removes itself if
+    # anything after this fails or is interrupted (interp.runs.rundir).
+    with open_run(clip, inputs, args, argv=list(sys.argv[1:] if argv is None else argv)) as run:
+        if run.complete:
+            log.info("%s already holds this run (same settings): nothing to do", run.path)
+            return 0
+        results = compute(clip, inputs, args)
+        written = write_outputs(clip, inputs, results, args, run)
+        run.record(info={**run.config["info"], "checks": results.checks})
+        run.finish()
+    log.info("wrote %d files to %s", len(written), run.path)
     return 0
 
 

@@ -191,11 +191,16 @@ def _settings(clip, args: argparse.Namespace, inputs) -> dict[str, Any]:
     }
 
 
-def write_outputs(clip, inputs, results: Results, args: argparse.Namespace, argv: list[str]) -> list[Path]:
+def open_run(clip, inputs, args: argparse.Namespace, argv: list[str]) -> RunDir:
+    """The run directory (run contract: same settings resume as a no-op, others are refused)."""
     info = {"argv": argv, "device": args.device, "images": str(args.images), "corrupted_images": args.corrupted_images,
-            "threads": torch.get_num_threads(), "checks": results.checks}
+            "threads": torch.get_num_threads()}
     out = Path(args.out) if args.out else default_run_dir(TOOL, args.model, args.name)
-    run = RunDir(out, TOOL, _settings(clip, args, inputs), info)
+    return RunDir(out, TOOL, _settings(clip, args, inputs), info, arguments=vars(args), overwrite=args.overwrite,
+                  resumable=False)
+
+
+def write_outputs(clip, inputs, results: Results, args: argparse.Namespace, run: RunDir) -> list[Path]:
     written = [run.write_table(getattr(results, attr), name) for name, attr in TABLES.items()]
     figures = [] if args.no_figures else draw_figures(results, clip.image.cfg, run.path)
     written += figures
