@@ -61,7 +61,7 @@ def test_ideal_words_cli(tmp_path, concept_file, stand_in_trained, monkeypatch):
                                    "--image-embeddings", str(tmp_path / "img.npz"), "--labels",
                                    str(tmp_path / "labels.csv"), "--debias-class", "object"])
     assert code == 0
-    for name in ("config.json", "versions.json", "metrics.csv", "residuals.csv", "ideal_words.csv", "idioms.csv",
+    for name in ("config.json", "metrics.csv", "residuals.csv", "ideal_words.csv", "idioms.csv",
                  "zero_shot.csv", "zero_shot_predictions.csv", "debias.csv", "report.md",
                  "figures/iw_by_layer.png", "figures/metrics_final.png", "figures/idioms.png"):
         assert (out / name).is_file(), name
