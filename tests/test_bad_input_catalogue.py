@@ -340,7 +340,7 @@ IW_CASES = [
     ("alpha-malformed", [*IW, "--alpha", "nonsense"], r"--alpha|nonsense"),
     ("device-gpu", [*IW, "--device", "gpu"], r"--device gpu"),
     ("out-unwritable", ["--out", UNWRITABLE, *TINY], r"is not writable"),
-    ("out-exists", ["--out", "{images}", *TINY], r"images already exists: pass --overwrite"),
+    ("out-is-file", ["--out", "{a_file}", *TINY], r"--out .*a_file\.txt is a file"),
 ]
 
 

@@ -158,7 +158,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Path:
     )
     settings.update(preset_record({"ideal_words": {"alpha": " ".join(args.alpha) if args.alpha else "uniform"}}))
     info = {"argv": list(sys.argv[1:] if argv is None else argv), "device": args.device,
-            "threads": args.threads_chosen, "threads_reason": args.threads_reason}
+            "threads": getattr(args, "threads_chosen", None), "threads_reason": getattr(args, "threads_reason", None)}
     with RunDir(args.out, TOOL, settings, info, arguments=vars(args), overwrite=args.overwrite, resumable=False) as run:
         if run.complete:
             log.info("%s already holds this run (same settings): nothing to do", run.path)

@@ -249,8 +249,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Path:
     settings = run_settings(args, pretrained=str(model.cfg.pretrained), weights_fingerprint=weights_fingerprint(model))
     settings.update(preset_record({"linear_probe": {"classifier": "logistic_regression", "cv_grouping": "item",
                                                     "control": args.control}}))
-    info = {"argv": list(sys.argv[1:] if argv is None else argv), "device": args.device, "threads": args.threads_chosen,
-            "threads_reason": args.threads_reason, "cluster": args.cluster}
+    info = {"argv": list(sys.argv[1:] if argv is None else argv), "device": args.device, "cluster": args.cluster,
+            "threads": getattr(args, "threads_chosen", None), "threads_reason": getattr(args, "threads_reason", None)}
     with RunDir(args.out, TOOL, settings, info, arguments=vars(args), overwrite=args.overwrite, resumable=True) as run:
         _probe_into(run, args, model, layers, texts, labels, groups, aligned, rejected, positions, probed)
         run.finish()
