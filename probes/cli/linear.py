@@ -1,6 +1,6 @@
 """``python -m probes.linear --task existence``: controlled probes for "this sentence is negated".
 
-Data: the VALSE existence minimal pairs (negation-spec.md §1), token-aligned by the model's own
+Data: the VALSE existence minimal pairs (docs/data.md), token-aligned by the model's own
 tokenizer; each pair gives a negated sentence N (label 1) and its affirmative A (label 0), grouped by
 item so a pair never straddles CV folds. Per role (negator slot, first subject token, period, the
 encoder's pooled read-out, ...) and layer: accuracy, control accuracy, selectivity. The direction of
@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 
 TOOL = "probes.linear"
 POOLED = "pooled"
-# Columns of a finished fit's item row beyond the probe.csv row: the exported direction (as JSON, so
-# its floats read back exactly) and its class-mean projections.
+# A finished fit's item row is its probe.csv row plus these columns of directions.csv and the
+# direction itself (column "direction", JSON, whose floats read back exactly).
 DIRECTION_COLUMNS = ("mean_pos", "mean_neg", "gap", "train_accuracy")
 DEFAULT_ROLES = ("negator", "first_subject", "period", POOLED)
 TASKS = ("existence",)
