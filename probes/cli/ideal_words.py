@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 # Light imports only at module level (--help must not wait for torch or pandas).
-from interp.cli.common import add_model_args, add_run_args, check_model_args, load_model_from_args, run_cli, run_settings
+from interp.cli.common import (
+    add_model_args,
+    add_run_args,
+    check_model_args,
+    load_model_from_args,
+    progress_enabled,
+    run_cli,
+    run_settings,
+)
 from interp.cli.validate import UsageParser, at_least, writable_out
 from interp.presets import preset_record, preset_sentence
 from probes.concepts import ConceptSet, builtin_names, load_concept_set, load_idiom_tests
@@ -108,7 +116,8 @@ def _image_inputs(args: argparse.Namespace, sets: list[ConceptSet]) -> tuple[Con
 
     labels = read_labels(args.labels, cs)
     return cs, lambda: embed_image_files(args.model, args.pretrained, args.images, labels["image"].tolist(),
-                                         device=args.device, batch_size=args.batch_size), labels
+                                         device=args.device, batch_size=args.batch_size,
+                                         progress=progress_enabled(args)), labels
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -186,6 +195,7 @@ def compute_tables(args: argparse.Namespace, models: list[tuple[str, Any]], sets
                    image_inputs: tuple[ConceptSet, Callable[[], Any], pd.DataFrame] | None) -> dict[str, pd.DataFrame]:
     """Every table of the report, one frame per table name, each row naming its model."""
     import pandas as pd
+    from tqdm.auto import tqdm
 
     from probes.ideal_words.analysis import (
         embed_concept_set,
@@ -203,6 +213,7 @@ def compute_tables(args: argparse.Namespace, models: list[tuple[str, Any]], sets
         images = (label_set, embed_images(), labels)
     tables: dict[str, list[dict]] = {k: [] for k in ("metrics", "residuals", "ideal_words", "idioms")}
     zs_acc, zs_pred, debias = [], [], []
+    bar = tqdm(total=len(models) * len(sets), desc="concept sets", disable=not progress_enabled(args))
     for kind, m in models:
         tags = {"model_kind": kind, "model": model_label(m)}
         for cs in sets:
@@ -219,7 +230,9 @@ def compute_tables(args: argparse.Namespace, models: list[tuple[str, Any]], sets
             if args.debias_class and args.debias_class in cs.factor_names:
                 debias.append(debias_tables(emb, args.debias_class, labelled[1] if labelled else None,
                                             labelled[2] if labelled else None, concept_set=cs.name, **tags))
+            bar.update()
         tables["idioms"] += idiom_rows(m, idioms, **tags)
+    bar.close()
     frames = {k: pd.DataFrame(v) for k, v in tables.items()}
     if zs_acc:
         frames["zero_shot"] = pd.concat(zs_acc, ignore_index=True)

@@ -139,7 +139,7 @@ def _score_fn(model: Any, args: argparse.Namespace, texts: list[str], aligned: S
         from probes.embeddings import embed_image_files
 
         img = embed_image_files(args.model, args.pretrained, args.images, [a.pair.image_file for a in aligned],
-                                device=args.device, batch_size=args.batch_size)
+                                device=args.device, batch_size=args.batch_size, progress=progress_enabled(args))
         direction = image_target_directions(img.double(), model.logit_scale.double()).repeat_interleave(2, 0)
         target = "image: S = exp(logit_scale) * cos(text, image)"
     else:
