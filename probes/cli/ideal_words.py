@@ -20,15 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 # Light imports only at module level (--help must not wait for torch or pandas).
-from interp.cli.common import (
-    add_model_args,
-    add_run_args,
-    check_model_args,
-    load_model_from_args,
-    progress_enabled,
-    run_cli,
-    run_settings,
-)
+from interp.cli.common import (add_model_args, add_run_args, check_model_args, load_model_from_args,
+                               progress_enabled, run_cli, run_settings)
 from interp.cli.validate import UsageParser, at_least, writable_out
 from interp.presets import preset_record, preset_sentence
 from probes.concepts import ConceptSet, builtin_names, load_concept_set, load_idiom_tests
