@@ -187,8 +187,23 @@ def check_args(args: argparse.Namespace) -> list[str]:
     return roles
 
 
+def _check_type_controls(role: str, labels: Any, types: list[int], args: argparse.Namespace) -> None:
+    """Refuse a per-type control that draws one class only (e.g. a role with one token type, such as
+    the period): the control probe could not be fitted, and the fold error would blame --folds."""
+    import numpy as np
+
+    from probes.linear.probe import ProbeError, control_labels
+
+    for draw in range(args.controls):  # the draws probe_layers makes
+        if len(np.unique(control_labels(labels, args.seed + draw, types))) < 2:
+            raise ProbeError(
+                f"--control type: role {role!r} has {len(set(types))} token type(s) and control draw {draw} "
+                f"(seed {args.seed + draw}) gives them all one label, so no control probe can be fitted: drop "
+                f"{role} from --roles, or use --control permuted")
+
+
 def plan_fits(model: Any, args: argparse.Namespace, roles: list[str], layers: list[int], texts: list[str],
-              aligned: Sequence[Any]) -> tuple[dict[str, Any], list[tuple[str, Any, Any]]]:
+              aligned: Sequence[Any], labels: Any) -> tuple[dict[str, Any], list[tuple[str, Any, Any]]]:
     """The role positions and the probed roles (role, kept sentences mask, control types), with every
     check that needs the data but no features, so a bad choice fails before --out is made."""
     import numpy as np
@@ -205,6 +220,8 @@ def plan_fits(model: Any, args: argparse.Namespace, roles: list[str], layers: li
             log.warning("role %s: only %d sentences have it; skipped", role, keep.sum())
             continue
         types = None if tokens is None else [int(tokens[j, positions[role][j][0]]) for j in np.flatnonzero(keep)]
+        if types is not None:
+            _check_type_controls(role, labels[keep], types, args)
         probed.append((role, keep, types))
     if not probed:
         raise ProbeError("no role had enough sentences to probe: pass more pairs (--limit) or fewer --folds")
@@ -245,7 +262,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Path:
     model = load_model_from_args(args)
     layers = _parse_layers(args.layers, model.cfg.n_layers)
     texts, labels, groups, aligned, rejected = existence_samples(model, args.valse_dir, args.limit)
-    positions, probed = plan_fits(model, args, roles, layers, texts, aligned)
+    positions, probed = plan_fits(model, args, roles, layers, texts, aligned, labels)
     settings = run_settings(args, pretrained=str(model.cfg.pretrained), weights_fingerprint=weights_fingerprint(model))
     settings.update(preset_record({"linear_probe": {"classifier": "logistic_regression", "cv_grouping": "item",
                                                     "control": args.control}}))
