@@ -35,17 +35,17 @@ class Command:
     cli_module: str  # module holding main(argv)
     args: tuple[str, ...]  # fast arguments (inputs are filled in from the fixture)
     resumable: bool
-    n_items: int = 3  # items a resumable run stores (its fast arguments make three)
 
 
-# The commands on the run contract (interp.runs.rundir.RunDir).
+# The commands on the run contract (interp.runs.rundir.RunDir). A resumable command's fast arguments
+# make exactly 3 items.
 COMMANDS = [
     Command("trace", "interp.trace", "interp.cli.trace",
             ("--task", "existence", *TINY, "--target", "text", "--limit", "3", "--batch-size", "1", "--no-figures"), True),
     Command("ablate", "interp.ablate", "interp.cli.ablate",
             (*TINY, "--target", "text", "--limit", "3", "--batch-size", "1", "--components", "mlp"), True),
     Command("data", "interp.data", "interp.cli.data", (*TINY, "--limit", "5"), False),
-    # three items: the pooled read-out at the tiny model's states 0, 1, 2
+    # probes.linear's 3 items: the pooled read-out at the tiny model's states 0, 1, 2
     Command("probes.linear", "probes.linear", "probes.cli.linear",
             ("--task", "existence", *TINY, "--limit", "8", "--folds", "2", "--roles", "pooled", "--batch-size", "4"),
             True),
@@ -103,7 +103,7 @@ def test_run_contract(command, inputs, tmp_path, capsys):
     assert _run(command, _argv(command, inputs, out)) == 0
     assert not (out / ".stray.csv.x1y2.tmp").exists()
     if command.resumable:
-        assert len(list((out / "items").glob("*.csv"))) == command.n_items
+        assert len(list((out / "items").glob("*.csv"))) == 3
     else:
         assert (out / "report.md").stat().st_mtime_ns == report_stamp  # not rewritten
     capsys.readouterr()
@@ -176,7 +176,7 @@ def test_sigint_leaves_a_resumable_run_or_nothing_and_says_which(command, inputs
         assert len(list((out / "items").glob("*.csv"))) == 1 and not (out / ".lock").exists()
         assert _config(out)["complete"] is False
         assert _run(command, _argv(command, inputs, out)) == 0  # the rerun resumes and finishes
-        assert len(list((out / "items").glob("*.csv"))) == command.n_items and _config(out)["complete"] is True
+        assert len(list((out / "items").glob("*.csv"))) == 3 and _config(out)["complete"] is True
     else:
         assert last == f"interrupted: nothing kept: removed the unfinished run in {out}"
         assert not out.exists()
