@@ -18,6 +18,11 @@ Sources (see docs/fidelity.md for the measured effect of each deviation):
   set with the queries redrawn per seed; RBF local CKA with the bandwidth of each augmented set).
 - ``assignment_map``: VLAP (Park et al., 2024): temperature 0.01, 3 prior-weighted Sinkhorn
   iterations, word-frequency marginal.
+- ``ideal_words``: Trager et al. (2023), "Linear Spaces of Meanings": uniform weights alpha = 1/n_i
+  per factor (the paper's default; other weights are its "knobs" experiment).
+- ``linear_probe``: probes with control tasks (Hewitt & Liang, 2019) as the toolkit's probe method
+  states them for a sentence-level property: logistic regression, cross-validation folds that split
+  minimal pairs (items), control labels shuffled with the class balance kept.
 """
 
 from __future__ import annotations
@@ -33,6 +38,13 @@ PAPER_SETTINGS: dict[str, dict[str, Any]] = {
     "noise_tracing": {"noise_calibration": "corrupted", "noise_scale": 3.0},
     "matching": {"kernel": "rbf", "protocol": "fixed_base", "local_cka_bandwidth": "per_set"},
     "assignment_map": {"temperature": 0.01, "sinkhorn_iterations": 3, "marginal": "frequency"},
+    # The decomposition's default weights are 1/n_i per factor (Trager et al., Section 3). The rank is
+    # not a setting: every table carries both the paper's numerical rank (rank_eps) and the effective rank.
+    "ideal_words": {"alpha": "uniform"},
+    # A logistic-regression probe, folds that split items so a minimal pair never straddles train and
+    # test, and a control task of shuffled labels (same class balance) for this sentence-level label.
+    # Hewitt & Liang's per-word-type control is the option `--control type`, recorded as a deviation.
+    "linear_probe": {"classifier": "logistic_regression", "cv_grouping": "item", "control": "permuted"},
 }
 
 

@@ -142,10 +142,12 @@ def token_positions_mask(batch_shape: tuple[int, int], positions: Int[Tensor, " 
 
 @torch.no_grad()
 def embed_image_files(model_name: str, pretrained: Any, folder: str, files: Sequence[str], *,
-                      device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE) -> Float[Tensor, "n d_embed"]:
+                      device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
+                      progress: bool = False) -> Float[Tensor, "n d_embed"]:
     """Image embeddings ``[n, d_embed]`` (float64, not normalised) of ``files`` under ``folder`` from the
     image tower of the open_clip model ``model_name`` with ``pretrained`` weights ("default", a tag, a
-    file, or "none"), preprocessed exactly as open_clip does (:mod:`interp.data.images`)."""
+    file, or "none"), preprocessed exactly as open_clip does (:mod:`interp.data.images`); ``progress``
+    shows a tqdm bar."""
     from interp.data.images import PreprocessConfig, check_image_files, load_image_batch
     from interp.models.loading import create_open_clip_model
 
@@ -153,7 +155,7 @@ def embed_image_files(model_name: str, pretrained: Any, folder: str, files: Sequ
     clip = create_open_clip_model(model_name, pretrained, device=device)
     config = PreprocessConfig.from_model(clip)
     chunks = []
-    for start in tqdm(range(0, len(paths), batch_size), desc="images", leave=False):
+    for start in tqdm(range(0, len(paths), batch_size), desc="images", disable=not progress, leave=False):
         pixels = load_image_batch(paths[start:start + batch_size], config).to(device)
         chunks.append(clip.encode_image(pixels).detach().cpu())
     return torch.cat(chunks).to(torch.float64)

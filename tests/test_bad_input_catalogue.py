@@ -309,6 +309,9 @@ LINEAR_CASES = [
     ("batch-size-zero", [*LINEAR, "--batch-size", "0"], r"--batch-size 0 must be at least 1"),
     ("folds-one", [*LINEAR, "--folds", "1"], r"--folds 1 must be at least 2"),
     ("controls-zero", [*LINEAR, "--controls", "0"], r"--controls 0 must be at least 1"),
+    ("control-type-pooled", [*LINEAR, "--control", "type"], r"--control type needs token positions.*pooled"),
+    ("control-type-one-token-type", [*LINEAR, "--roles", "period,first_subject", "--causal-role", "first_subject",
+                                     "--control", "type"], r"--control type: role 'period' has 1 token type"),
     ("layers-syntax", [*LINEAR, "--layers", "one"], r"--layers 'one' is not 'all'"),
     ("layers-out-of-range", [*LINEAR, "--layers", "0,9"], r"--layers \[9\] outside 0\.\.2"),
     ("images-missing", [*LINEAR, "--images", "/no/such/dir"], r"--images /no/such/dir is not a folder"),
@@ -342,7 +345,7 @@ IW_CASES = [
     ("alpha-malformed", [*IW, "--alpha", "nonsense"], r"--alpha|nonsense"),
     ("device-gpu", [*IW, "--device", "gpu"], r"--device gpu"),
     ("out-unwritable", ["--out", UNWRITABLE, *TINY], r"is not writable"),
-    ("out-exists", ["--out", "{images}", *TINY], r"images already exists: pass --overwrite"),
+    ("out-is-file", ["--out", "{a_file}", *TINY], r"--out .*a_file\.txt is a file"),
 ]
 
 

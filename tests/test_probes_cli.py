@@ -1,5 +1,7 @@
-"""Both probes CLIs end to end on the tiny random CLIP: report directories, tables that agree with the
-library functions, the random-init baseline beside a (stand-in) trained model, one-line errors."""
+"""Both probes CLIs end to end on the tiny random CLIP: run directories, tables that agree with the
+library functions, the random-init baseline beside a (stand-in) trained model, the preset each run
+names, a resumed probes.linear run equal to an uninterrupted one, one-line errors. (The run contract
+itself, shared with every command, is tested in test_run_contract.py.)"""
 
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def test_ideal_words_cli(tmp_path, concept_file, stand_in_trained, monkeypatch):
                                    "--image-embeddings", str(tmp_path / "img.npz"), "--labels",
                                    str(tmp_path / "labels.csv"), "--debias-class", "object"])
     assert code == 0
-    for name in ("config.json", "versions.json", "metrics.csv", "residuals.csv", "ideal_words.csv", "idioms.csv",
+    for name in ("config.json", "metrics.csv", "residuals.csv", "ideal_words.csv", "idioms.csv",
                  "zero_shot.csv", "zero_shot_predictions.csv", "debias.csv", "report.md",
                  "figures/iw_by_layer.png", "figures/metrics_final.png", "figures/idioms.png"):
         assert (out / name).is_file(), name
@@ -79,7 +81,10 @@ def test_ideal_words_cli(tmp_path, concept_file, stand_in_trained, monkeypatch):
     report = (out / "report.md").read_text()
     assert "stand-in for trained weights (test)" in report and "random-init" in report
     config = json.loads((out / "config.json").read_text())
-    assert config["concept_sets"][0]["name"] == "mini"
+    assert config["settings"]["concept_sets"][0]["name"] == "mini"
+    # the default weights are the paper's: the run says so in config.json and report.md
+    assert config["settings"]["preset"] == "paper" and config["settings"]["deviations"] == []
+    assert "Preset: `paper`" in report
 
 
 @pytest.mark.slow
@@ -91,10 +96,18 @@ def test_ideal_words_cli_alpha_and_errors(tmp_path, concept_file, capsys):
     iw = pd.read_csv(out / "ideal_words.csv")
     cup = iw[(iw["factor"] == "object") & (iw["value"] == "cup")].iloc[0]
     assert cup["alpha"] == 1.0 and cup["norm"] == pytest.approx(0.0, abs=1e-12)
-    assert "random weights" in (out / "report.md").read_text()
-    # existing output is refused, nothing half-written is left behind on errors
+    report = (out / "report.md").read_text()
+    assert "random weights" in report
+    # non-uniform weights depart from the paper's default: named in config.json and report.md
+    deviation = "ideal_words.alpha: object:cup=1 (paper: uniform)"
+    settings = json.loads((out / "config.json").read_text())["settings"]
+    assert settings["preset"] == "custom" and settings["deviations"] == [deviation]
+    assert f"Preset: `custom`, deviating from the seed paper in: {deviation}" in report
+    # the same folder with other weights is refused, naming the difference; nothing half-written on errors
+    capsys.readouterr()
     assert ideal_words_report.cli(args) == 2
-    assert "already exists" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "different settings" in err and "alpha: ['object:cup=1'] -> []" in err
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**SET, "template": "a photo of a {colour} thing"}))
     assert ideal_words_report.cli(["--model", "tiny", "--pretrained", "none", "--concepts", str(bad),
@@ -102,7 +115,27 @@ def test_ideal_words_cli_alpha_and_errors(tmp_path, concept_file, capsys):
     assert "no placeholder for factor(s) ['object']" in capsys.readouterr().err
     assert ideal_words_report.cli(args[:-1] + [str(tmp_path / "y"), "--labels", "l.csv"]) == 2
     assert "without --image-embeddings" in capsys.readouterr().err
-    assert not list(tmp_path.glob("*.partial-*"))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.slow
+def test_ideal_words_rerun_after_editing_the_concept_file_is_refused(tmp_path, capsys):
+    """The settings hold the concept set's contents, not only its path: an edited file is another run."""
+    concepts = tmp_path / "mini.yaml"
+    concepts.write_text(yaml.safe_dump(SET))
+    out = tmp_path / "iw"
+    args = ["--model", "tiny", "--pretrained", "none", "--concepts", str(concepts), "--idioms", "none",
+            "--no-layers", "--out", str(out)]
+    assert ideal_words_report.cli(args) == 0
+    before = (out / "metrics.csv").read_bytes()
+    assert ideal_words_report.cli(args) == 0  # unchanged: a no-op
+    edited = {**SET, "factors": [SET["factors"][0], {"name": "object", "values": ["car", "bus"]}]}
+    concepts.write_text(yaml.safe_dump(edited))
+    capsys.readouterr()
+    assert ideal_words_report.cli(args) == 2
+    err = capsys.readouterr().err
+    assert "different settings" in err and "concept_sets" in err
+    assert (out / "metrics.csv").read_bytes() == before
 
 
 @pytest.mark.slow
@@ -122,12 +155,55 @@ def test_linear_cli(tmp_path, capsys):
     causal = pd.read_csv(out / "causal.csv")
     assert len(causal) == 2 * 32 and set(causal["direction"]) == {"probe", "random"}
     assert (causal["layer"] == 2).all()  # pooled is only selective after the blocks
-    assert "random weights" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "random weights" in report and "Preset: `paper`" in report
+    settings = json.loads((out / "config.json").read_text())["settings"]
+    assert settings["preset"] == "paper" and settings["deviations"] == []
     assert (out / "figures/probe_by_layer.png").is_file() and (out / "figures/causal.png").is_file()
+    # the per-word-type control departs from the spec's shuffled labels: named in config.json and report.md
+    typed = tmp_path / "typed"
+    assert linear_report.cli(args[:-4] + ["--roles", "first_subject", "--causal-role", "first_subject",
+                                          "--control", "type", "--out", str(typed)]) == 0
+    deviation = "linear_probe.control: type (paper: permuted)"
+    assert json.loads((typed / "config.json").read_text())["settings"]["deviations"] == [deviation]
+    assert deviation in (typed / "report.md").read_text()
+    assert set(pd.read_csv(typed / "probe.csv")["control"]) == {"type"}
     assert linear_report.cli(args[:-1] + [str(tmp_path / "b"), "--causal-role", "EOT"]) == 2
     assert "is not among --roles" in capsys.readouterr().err
     assert linear_report.cli(args[:-1] + [str(tmp_path / "c"), "--layers", "0,9"]) == 2
     assert "outside 0..2" in capsys.readouterr().err
+    assert linear_report.cli(args[:-1] + [str(tmp_path / "d"), "--control", "type"]) == 2
+    assert "--control type needs token positions" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "bcd")
+
+
+@pytest.mark.slow
+def test_linear_resumed_after_an_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    """A run stopped after two finished fits keeps them, and the rerun writes the same bytes as a run
+    that was never stopped (the kept fits are read back, the others computed)."""
+    from interp.cli.common import run_cli
+    from interp.runs.rundir import ItemTable
+
+    args = ["--task", "existence", "--model", "tiny", "--pretrained", "none", "--limit", "12", "--folds", "3",
+            "--roles", "negator,pooled", "--no-progress"]
+    assert linear_report.cli(args + ["--out", str(tmp_path / "whole")]) == 0
+    real_write, written = ItemTable.write, []
+
+    def write_then_stop(self, item_id, rows):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(item_id)
+        return real_write(self, item_id, rows)
+
+    monkeypatch.setattr(ItemTable, "write", write_then_stop)
+    out = tmp_path / "resumed"
+    assert run_cli(linear_report.main, args + ["--out", str(out)]) == 130
+    monkeypatch.setattr(ItemTable, "write", real_write)
+    assert len(list((out / "items").glob("*.csv"))) == 2 and not (out / "probe.csv").exists()
+    assert linear_report.cli(args + ["--out", str(out)]) == 0
+    assert len(list((out / "items").glob("*.csv"))) == 2 * 3  # 2 roles x states 0..2
+    for name in ("probe.csv", "directions.csv", "directions.npz", "causal.csv", "rejected.csv"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
 
 
 @pytest.mark.slow

@@ -52,6 +52,12 @@ COMMANDS = [
             ("--images", "{images}", "--captions", "{captions}", *TINY, "--batch-size", "2"), False),
     Command("image", "interp.image", "interp.cli.image",
             ("--task", "existence", "--images", "{scenes}", *TINY, "--limit", "1", "--no-figures"), False),
+    # probes.linear's 3 items: the pooled read-out at the tiny model's states 0, 1, 2
+    Command("probes.linear", "probes.linear", "probes.cli.linear",
+            ("--task", "existence", *TINY, "--limit", "8", "--folds", "2", "--roles", "pooled", "--batch-size", "4"),
+            True),
+    Command("probes.ideal_words", "probes.ideal_words", "probes.cli.ideal_words",
+            (*TINY, "--concepts", "{concepts}", "--idioms", "none", "--batch-size", "4"), False),
 ]
 IDS = [c.name for c in COMMANDS]
 

@@ -15,8 +15,8 @@ A plan::
 
 Run ``<root>/<command>/<model>__<pretrained>/<task>/`` is the command's own run directory. A run
 whose directory holds ``sweep_run.json`` with the same command line is finished and skipped; any
-other run is started, or resumed by the command itself (trace and ablate resume item by item). The
-runs go one after the other through this process; the chunks of each go onto the cluster (a
+other run is started, or resumed by the command itself (trace and ablate item by item, probes.linear
+fit by fit). The runs go one after the other through this process; the chunks of each go onto the cluster (a
 ``local:N`` cluster is started once for the whole sweep). ``<root>/summary.csv`` indexes every run:
 settings, status, duration, run directory and report.
 """
@@ -172,8 +172,6 @@ def execute(run: PlannedRun, root: Path, cluster: str) -> dict[str, Any]:
                     "report": _report_of(run_dir)}
         return {**row, "status": "failed", "seconds": 0.0, "report": "",
                 "error": f"{run_dir} holds a finished run of other flags: delete it or use another root"}
-    if run.command == "probes.linear" and run_dir.exists():
-        argv.append("--overwrite")  # a report directory without the marker is an unfinished run: redo it
     log.info("run %s: %s", run.name, " ".join(argv))
     start = time.perf_counter()
     try:
