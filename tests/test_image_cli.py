@@ -112,3 +112,27 @@ def test_image_trace_benchmark_runs_and_agrees(capsys):
     assert "EXTRAPOLATED" in out and "speed-up" in out and "FLOP ratio (loop / engine)" in out
     diff = float(out.rsplit("max |engine - loop| on the loop's cells: ", 1)[1].split()[0])
     assert diff <= 1e-5
+
+
+def test_preprocessing_and_preset_are_recorded(image_dir, tmp_path):
+    """Default for open_clip weights: open_clip preprocessing, a deviation from the negation study's
+    HF pipeline; --preprocess hf with ROME's noise scale is the paper preset; another noise scale is
+    listed as a deviation. config.json and report.md say the same."""
+    base = ["--task", "existence", "--images", str(image_dir), "--model", "tiny", "--pretrained", "none",
+            "--limit", "1", "--no-figures", "--no-progress"]
+    runs = {"default": [], "paper": ["--preprocess", "hf"], "noise": ["--preprocess", "hf", "--noise-factor", "2"]}
+    settings, reports = {}, {}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        assert cli([*base, "--out", str(out), *extra]) == 0
+        settings[name] = json.loads((out / "config.json").read_text())["settings"]
+        reports[name] = (out / "report.md").read_text()
+    assert settings["default"]["preprocess"] == "open_clip"
+    assert settings["default"]["preset"] == "custom"
+    assert settings["default"]["deviations"] == ["negation_scoring.preprocess: open_clip (paper: hf)"]
+    assert settings["paper"]["preprocess"] == "hf"
+    assert settings["paper"]["preset"] == "paper" and settings["paper"]["deviations"] == []
+    assert settings["noise"]["deviations"] == ["noise_tracing.noise_scale: 2.0 (paper: 3.0)"]
+    assert "Preset: `paper`" in reports["paper"] and "Image preprocessing: `hf`" in reports["paper"]
+    assert "negation_scoring.preprocess: open_clip (paper: hf)" in reports["default"]
+    assert "noise_tracing.noise_scale: 2.0 (paper: 3.0)" in reports["noise"]

@@ -16,6 +16,7 @@ checked, and every number computed, before anything is written. See docs/image.m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Sequence
 from interp.cli.common import add_model_args, add_run_args, check_model_args, run_cli, setup_threads, torch_dtype
 from interp.cli.validate import writable_out
 from interp.errors import ClipInterpError
+from interp.presets import PREPROCESS_PIPELINES
 
 if TYPE_CHECKING:  # torch loads after the flags are checked, so --help stays instant
     import torch
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--images", required=True, metavar="DIR", help="folder of the items' images, named as VALSE's image_file")
     data.add_argument("--valse-dir", help="folder with VALSE's existence.json (default: the packaged copy)")
+    data.add_argument("--preprocess", choices=PREPROCESS_PIPELINES,
+                      help="image preprocessing: hf (CLIPImageProcessor, the negation study's) or open_clip "
+                           "(default: the weights' source: hf for a Hugging Face CLIP, else open_clip)")
     data.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
                       help=f"analyse the first N items whose image is in --images (default {DEFAULT_LIMIT})")
     analysis = parser.add_argument_group("analyses")
@@ -129,6 +134,19 @@ def load_inputs(args: argparse.Namespace, selection: tuple[list, int, int], prep
     return Inputs(chosen, images, corrupted, n_total, n_without)
 
 
+def image_pipeline(args: argparse.Namespace) -> str:
+    """``--preprocess``, else the pipeline of the weights' source (a Hugging Face CLIP directory, as
+    ``--model`` or ``--pretrained``, gets ``hf``; open_clip names, tags and checkpoints ``open_clip``)."""
+    from interp.data.images import default_pipeline
+    from interp.models.loading import resolve_pretrained
+
+    if args.preprocess:
+        return args.preprocess
+    if default_pipeline(args.model) == "hf":
+        return "hf"
+    return default_pipeline(resolve_pretrained(args.model, args.pretrained))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
@@ -139,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     selection = select_items(args)
     pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
     clip = load_clip(args.model, pretrained, device=args.device, dtype=torch_dtype(args.dtype), seed=args.seed)
+    clip.preprocess = dataclasses.replace(clip.preprocess, pipeline=image_pipeline(args))
     inputs = load_inputs(args, selection, clip.preprocess)
     from interp.cli.image_report import compute, open_run, write_outputs
 

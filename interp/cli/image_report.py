@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from interp.models.loading import weights_fingerprint
+from interp.presets import preset_record, preset_sentence
 from interp.runs.report import Report
 from interp.runs.rundir import RunDir, default_run_dir
 
@@ -187,8 +188,18 @@ def _settings(clip, args: argparse.Namespace, inputs) -> dict[str, Any]:
         "image_weights_fingerprint": weights_fingerprint(clip.image), "dtype": args.dtype, "seed": args.seed,
         "ablation": args.ablation, "corruption": "images" if args.corrupted_images else "noise",
         "noise_factor": None if args.corrupted_images else args.noise_factor, "top_heads": args.top_heads,
-        "items": [item.item_id for item in inputs.items],
+        "items": [item.item_id for item in inputs.items], "preprocess": clip.preprocess.pipeline,
+        **_presets(clip, args),
     }
+
+
+def _presets(clip, args: argparse.Namespace) -> dict[str, Any]:
+    """The paper preset and this run's deviations (interp.presets)."""
+    chosen = {"negation_scoring": {"preprocess": clip.preprocess.pipeline}}
+    if not args.corrupted_images:
+        # the noise covers every patch, so its std comes from the corrupted positions (ROME's rule)
+        chosen["noise_tracing"] = {"noise_calibration": "corrupted", "noise_scale": args.noise_factor}
+    return preset_record(chosen)
 
 
 def open_run(clip, inputs, args: argparse.Namespace, argv: list[str]) -> RunDir:
@@ -274,6 +285,7 @@ def write_report(clip, inputs, results: Results, args, folder: Path, figures: li
         + (" **These are random (or hand-built) weights: the numbers below test the pipeline and say nothing "
            "about trained CLIP.**" if random_weights else "")
     )
+    report.paragraph(f"Image preprocessing: `{clip.preprocess.pipeline}`. " + preset_sentence(_presets(clip, args)))
     report.paragraph(
         f"{len(inputs.items)} items analysed (--limit {args.limit}) of the {inputs.n_items_total - inputs.n_without_image} "
         f"valid existence items whose image is in `{args.images}` ({inputs.n_without_image} have no image there). "
