@@ -54,6 +54,24 @@ def test_end_to_end_on_tiny_writes_every_documented_file(image_dir, items, tmp_p
     assert cli(argv) == 0
 
 
+def test_end_to_end_on_random_vit_b_32_writes_every_documented_file(image_dir, items, tmp_path):
+    """The real-size tower (random init): the slowest test of this file, kept because sizes, patch
+    grid and head counts (8 text heads, 12 image heads) differ from the tiny model's."""
+    out = tmp_path / "run"
+    assert cli(["--task", "existence", "--images", str(image_dir), "--model", "ViT-B-32", "--pretrained", "none",
+                "--limit", "1", "--out", str(out), "--no-progress"]) == 0
+    for name in [*TABLES, *FIGURE_TEXT, "report.md", "config.json"]:
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["settings"]["items"] == [items[0].item_id]
+    assert config["info"]["checks"]["max_abs_decomposition_sum_minus_d"] <= 1e-5
+    assert config["info"]["checks"]["max_abs_trace_clean_minus_d"] <= 1e-5
+    tracing = pd.read_csv(out / "tracing.csv")
+    assert len(tracing) == 1 * 13 * 50  # item x (12 layers + 1) x (class token + 7 x 7 patches)
+    heads = pd.read_csv(out / "ablation.csv")
+    assert set(heads[heads.component == "head"].layer) == set(range(12))
+
+
 def test_corrupted_images_option(image_dir, items, tmp_path):
     corrupted = tmp_path / "corrupted"
     write_scenes(corrupted, {item.image_file: False for item in items}, size=96)

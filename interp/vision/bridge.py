@@ -53,9 +53,11 @@ def top_heads(effects: Float[Tensor, "b layer head"], k: int) -> list[tuple[int,
 
 
 def bridge_table(
-    text_effects: Float[Tensor, "b layer head"], image_effects: Float[Tensor, "b layer head"], k: int = 5
+    text_effects: Float[Tensor, "b text_layer text_head"], image_effects: Float[Tensor, "b image_layer image_head"],
+    k: int = 5,
 ) -> pd.DataFrame:
-    """One row per top head of either tower: tower, rank, layer, head, mean and mean |effect| on d."""
+    """One row per top head of either tower: tower, rank, layer, head, mean and mean |effect| on d.
+    The towers' layer and head counts differ in general (ViT-B-32: 8 text heads, 12 image heads)."""
     rows = []
     for tower, effects in (("text", text_effects), ("image", image_effects)):
         for rank, (layer, head, mean) in enumerate(top_heads(effects, k), start=1):
