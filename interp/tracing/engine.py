@@ -346,25 +346,24 @@ def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, p
     cells_by_block = torch.searchsorted(start, torch.arange(n_layers, device=device), right=True).tolist()
     rows_by_block = [int(offsets[n - 1] + counts[n - 1]) if n else 0 for n in cells_by_block]
     widths = torch.cummax(counts, 0).values.tolist()  # most rows of one cell among the first n cells
-    hidden = torch.empty(0, model.cfg.d_model, device=device, dtype=base.resid.dtype)
+    # every row starts from the clean base state at its cell's start layer; blocks update it in place
+    hidden = base.resid[start[row_cell], row_run, row_pos]
     for j in range(n_layers):
         n_cells, n_rows = cells_by_block[j], rows_by_block[j]
         if n_rows == 0:
             continue
-        if n_rows > hidden.shape[0]:  # cells starting at block j join with the clean base state
-            new = slice(hidden.shape[0], n_rows)
-            hidden = torch.cat([hidden, base.resid[j, row_run[new], row_pos[new]]])
         rows = _Rows(row_cell[:n_rows], row_pos[:n_rows], pos[:n_cells], widths[n_cells - 1])
-        rows_run = row_run[:n_rows]
+        rows_run, active = row_run[:n_rows], hidden[:n_rows]
         in_win = (lo[rows.cell] <= j) & (j < hi[rows.cell]) & is_patch_row[:n_rows]
         if spec.kind == "resid" and bool(in_win.any()):  # hidden is this sweep's own tensor: edit in place
-            hidden[in_win] = source.resid[j, rows_run[in_win], rows.pos[in_win]]
+            active[in_win] = source.resid[j, rows_run[in_win], rows.pos[in_win]]
         last = j == n_layers - 1
         query_rows = (rows.pos == pool[rows.cell]).nonzero().squeeze(-1) if last else None
         # gathered copies of the base run's keys/values: the block writes the rows' own over them
-        hidden, _, _ = _block(model, weights[j], spec.kind, j, hidden, rows, base.keys[j, run[:n_cells]],
-                              base.values[j, run[:n_cells]], run[:n_cells], pool[:n_cells], source, in_win,
-                              query_rows)
+        out, _, _ = _block(model, weights[j], spec.kind, j, active, rows, base.keys[j, run[:n_cells]],
+                           base.values[j, run[:n_cells]], run[:n_cells], pool[:n_cells], source, in_win,
+                           query_rows, out=None if last else active)
+    hidden = out
     # hidden now holds one row per cell: the pooled position after the last block
     if spec.kind == "resid":
         at_end = (lo <= n_layers) & (n_layers < hi)  # pooled position patched at state L
@@ -499,7 +498,7 @@ def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor
 
 
 def _block(model, weights: _BlockWeights, kind, j, hidden, rows: _Rows, keys, values, cell_run, cell_pool, source,
-           in_win, query_rows):
+           in_win, query_rows, out: Tensor | None = None):
     """Block j (pre-LN) on packed rows.
 
     ``keys``/``values`` ``[cell, head, pos, d_head]`` hold the keys/values of the positions before
@@ -508,7 +507,8 @@ def _block(model, weights: _BlockWeights, kind, j, hidden, rows: _Rows, keys, va
     sequence), so the attention works on ``[cell, head, width, pos]`` scores.
 
     Returns (new rows: all, or only ``query_rows`` at the last block; the rows' keys; values), the
-    keys and values as ``[row, head, d_head]``.
+    keys and values as ``[row, head, d_head]``. ``out`` (may be ``hidden`` itself: it is read before
+    the last write) receives the new rows.
     """
     block = model.blocks[j]
     n_cells, n_heads, n_pos, d_head = keys.shape
@@ -530,9 +530,9 @@ def _block(model, weights: _BlockWeights, kind, j, hidden, rows: _Rows, keys, va
     values[rows.cell, :, rows.pos] = v
     queries = hidden.new_zeros(n_cells, n_heads, width, d_head)
     queries[q_cell, :, q_slot] = q.unflatten(1, (n_heads, d_head))
-    scores = torch.matmul(queries, keys.transpose(-1, -2)) / math.sqrt(d_head)  # [cell, head, slot, key]
+    scores = torch.matmul(queries, keys.transpose(-1, -2))  # [cell, head, slot, key]
     allowed = torch.arange(n_pos, device=hidden.device) <= query_pos[:, :, None]  # causal: key <= query
-    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    scores.div_(math.sqrt(d_head)).masked_fill_(~allowed[:, None], float("-inf"))  # in place: no copies
     z = torch.matmul(torch.softmax(scores, dim=-1), values)[q_cell, :, q_slot]  # [row, head, d_head]
     attn_out = torch.addmm(block.attn.b_O, z.flatten(1), weights.out)
     win = in_win[q_rows]
@@ -544,7 +544,7 @@ def _block(model, weights: _BlockWeights, kind, j, hidden, rows: _Rows, keys, va
     mlp_out = torch.addmm(mlp.b_out, hidden_mlp, mlp.W_out)
     if kind == "mlp" and bool(win.any()):
         mlp_out[win] = _sub_rows(source, j, rows.cell, rows.pos, cell_run, q_rows, win)
-    return mid + mlp_out, k, v
+    return torch.add(mid, mlp_out, out=out), k, v
 
 
 def _layer_norm(ln, x: Tensor) -> Tensor:
