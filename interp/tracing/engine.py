@@ -26,8 +26,10 @@ in :mod:`interp.tracing.reference` is the oracle they are tested against.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -122,9 +124,16 @@ def pool_positions(model, batch: TokenBatch) -> Int[Tensor, " run"]:
 
 
 def uses_fast_path(model) -> bool:
-    """The causal fast path applies to causal, pre-LN encoders pooled at one position (CLIP)."""
+    """The causal fast path applies to causal, pre-LN encoders pooled at one position (CLIP), with no
+    hook attached: it computes the blocks from the weights, past the hook points, so a model
+    carrying hooks (``model.add_hook``) takes the generic path, whose forwards run them."""
     cfg = model.cfg
-    return bool(cfg.causal) and cfg.norm == "pre" and cfg.pool in FAST_POOLS
+    return bool(cfg.causal) and cfg.norm == "pre" and cfg.pool in FAST_POOLS and not attached_hooks(model)
+
+
+def attached_hooks(model) -> list[str]:
+    """Names of the model's hook points that have a forward or backward hook attached."""
+    return [name for name, point in model.hook_dict.items() if point._forward_hooks or point._backward_hooks]
 
 
 # ------------------------------------------------------------------------------------ shortcuts
@@ -204,12 +213,22 @@ def patched_scores(
         budget_mb: rough memory budget of one chunk of cells (activations, float32).
         fast: force (True) or forbid (False) the causal fast path; None = use it when it applies.
     """
+    with weights_fixed(model):  # the clean runs and the sweep share one fusing of the weights
+        return _patched_scores(model, runs, spec, budget_mb, fast)
+
+
+def _patched_scores(model, runs: TraceRuns, spec: TraceSpec, budget_mb: float, fast: bool | None) -> PatchedScores:
     if not (isinstance(budget_mb, (int, float)) and math.isfinite(budget_mb) and budget_mb > 0):
         raise TraceInputError(f"budget_mb={budget_mb!r} must be a positive number of megabytes (e.g. {DEFAULT_BUDGET_MB})")
     device = model.device
     batch = runs.batch.to(device)
     use_fast = uses_fast_path(model) if fast is None else fast
     if use_fast and not uses_fast_path(model):
+        hooked = attached_hooks(model)
+        if hooked:
+            raise TraceInputError(f"fast=True would bypass the hooks attached to {', '.join(hooked[:3])}"
+                                  f"{' ...' if len(hooked) > 3 else ''}: pass fast=None (the generic path runs them) "
+                                  "or remove them (model.reset_hooks(including_permanent=True))")
         raise TraceInputError("fast=True: the causal fast path needs a causal, pre-LN encoder pooled at one position; pass fast=None")
     if use_fast and spec.kind == "resid":
         base, source = clean_runs_fast(model, batch, runs.base_x0.to(device), runs.source_x0.to(device))
@@ -360,8 +379,9 @@ def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, p
         last = j == n_layers - 1
         query_rows = (rows.pos == pool[rows.cell]).nonzero().squeeze(-1) if last else None
         # gathered copies of the base run's keys/values: the block writes the rows' own over them
-        out, _, _ = _block(model, weights[j], spec.kind, j, active, rows, base.keys[j, run[:n_cells]],
-                           base.values[j, run[:n_cells]], run[:n_cells], pool[:n_cells], source, in_win,
+        cell_run = run[:n_cells]
+        out, _, _ = _block(model, weights[j], spec.kind, j, active, rows, base.keys[j].index_select(0, cell_run),
+                           base.values[j].index_select(0, cell_run), cell_run, pool[:n_cells], source, in_win,
                            query_rows, out=None if last else active)
     hidden = out
     # hidden now holds one row per cell: the pooled position after the last block
@@ -427,8 +447,34 @@ class _BlockWeights:
     out: Float[Tensor, "hd d_model"]
 
 
+_KEPT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> [depth, fused weights or None]
+
+
+@contextlib.contextmanager
+def weights_fixed(model):
+    """Within this block the model's weights do not change, so the fast path fuses its attention
+    weights once instead of once per :func:`patched_scores` call (a sweep of many chunks)."""
+    entry = _KEPT.setdefault(model, [0, None])
+    entry[0] += 1
+    try:
+        yield
+    finally:
+        entry[0] -= 1
+        if entry[0] == 0:
+            del _KEPT[model]
+
+
 def fused_weights(model) -> list[_BlockWeights]:
-    """The fast path's per-block weights, built once per sweep (not once per block call)."""
+    """The fast path's per-block weights: built per call, or once inside :func:`weights_fixed`."""
+    entry = _KEPT.get(model)
+    if entry is None:
+        return _fuse_weights(model)
+    if entry[1] is None:
+        entry[1] = _fuse_weights(model)
+    return entry[1]
+
+
+def _fuse_weights(model) -> list[_BlockWeights]:
     weights = []
     for block in model.blocks:
         attn = block.attn
@@ -533,8 +579,8 @@ def _block(model, weights: _BlockWeights, kind, j, hidden, rows: _Rows, keys, va
     scores = torch.matmul(queries, keys.transpose(-1, -2))  # [cell, head, slot, key]
     allowed = torch.arange(n_pos, device=hidden.device) <= query_pos[:, :, None]  # causal: key <= query
     scores.div_(math.sqrt(d_head)).masked_fill_(~allowed[:, None], float("-inf"))  # in place: no copies
-    z = torch.matmul(torch.softmax(scores, dim=-1), values)[q_cell, :, q_slot]  # [row, head, d_head]
-    attn_out = torch.addmm(block.attn.b_O, z.flatten(1), weights.out)
+    z = _head_rows(torch.matmul(_softmax_(scores), values), q_cell, q_slot)  # [row, head * d_head]
+    attn_out = torch.addmm(block.attn.b_O, z, weights.out)
     win = in_win[q_rows]
     if kind == "attn" and bool(win.any()):
         attn_out[win] = _sub_rows(source, j, rows.cell, rows.pos, cell_run, q_rows, win)
@@ -545,6 +591,22 @@ def _block(model, weights: _BlockWeights, kind, j, hidden, rows: _Rows, keys, va
     if kind == "mlp" and bool(win.any()):
         mlp_out[win] = _sub_rows(source, j, rows.cell, rows.pos, cell_run, q_rows, win)
     return torch.add(mid, mlp_out, out=out), k, v
+
+
+def _softmax_(scores: Tensor) -> Tensor:
+    """Softmax over the last axis, in place: ``exp(x - max) / sum``, as torch.softmax computes it, but
+    several times faster on these short rows (a dozen keys) than torch's kernel, which vectorises
+    along the row. Every row holds at least one finite score (key 0 is always allowed)."""
+    scores.sub_(scores.amax(-1, keepdim=True)).exp_()
+    return scores.div_(scores.sum(-1, keepdim=True))
+
+
+def _head_rows(x: Float[Tensor, "cell head slot d_head"], cell: Tensor, slot: Tensor) -> Float[Tensor, "row hd"]:
+    """Rows ``x[cell[r], :, slot[r]]`` as ``[row, head * d_head]``, by index_select on a flat view
+    (advanced indexing around a sliced axis takes a generic path several times slower)."""
+    n_cells, n_heads, n_slots, d_head = x.shape
+    flat = (cell[:, None] * n_heads + torch.arange(n_heads, device=x.device)) * n_slots + slot[:, None]
+    return x.reshape(-1, d_head).index_select(0, flat.flatten()).view(len(cell), n_heads * d_head)
 
 
 def _layer_norm(ln, x: Tensor) -> Tensor:
