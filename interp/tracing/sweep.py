@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 
 # Items traced together in one packed batch (they finish together, so a killed run loses at most
 # this chunk: under a second of compute on a ViT-B-32 text tower). Measured with
-# `python -m interp.bench trace` on 2 cores: 8 items per chunk sweep the 490 pairs in ~45 s (24x the
-# per-cell loop); 1 item per chunk in ~97 s (17x), the batches being too small to fill the matmuls.
+# `python -m interp.bench trace --threads 1 --compare-chunks 16,32`: 8 items per chunk sweep the 490
+# pairs in 41.3 CPU s, 16 in 41.9, 32 in 44.9 (longer chunks pad each cell's attention more); an
+# earlier engine took ~97 s with 1 item per chunk, the batches being too small to fill the matmuls.
 from interp.tracing.options import DEFAULT_CHUNK_ITEMS  # noqa: E402,F401 - re-exported
 CELL_COLUMNS = [
     "item_id", "negation_side", "segment", "d", "length", "layer", "position", "role",
