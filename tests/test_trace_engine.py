@@ -181,3 +181,30 @@ def test_engine_refuses_fast_path_for_bidirectional(pairs):
     runs, _ = build_runs(model, items, torch.ones(1, 16))
     with pytest.raises(ValueError, match="fast path needs a causal"):
         patched_scores(model, runs, TraceSpec(1), fast=True)
+
+
+def test_attached_hooks_act_and_switch_off_the_fast_path(tiny, pairs):
+    """The fast path computes blocks from the weights, past the hook points: with a hook attached
+    the engine takes the generic path, so the hook acts exactly as in the oracle's forwards."""
+    from interp.tracing.engine import TraceInputError, uses_fast_path
+
+    items = _items(tiny, pairs, PICKS[:3])
+    spec = TraceSpec(tiny.cfg.n_layers)
+    plain, _ = _compare(tiny, items, spec, "patch", "denoise")
+
+    def sharpen(pattern, hook):  # a real edit of block 0's attention that keeps masked keys at 0
+        squared = pattern**2
+        return squared / squared.sum(-1, keepdim=True)
+
+    assert uses_fast_path(tiny)
+    tiny.add_hook("blocks.0.attn.hook_pattern", sharpen, is_permanent=True)
+    try:
+        assert not uses_fast_path(tiny)
+        hooked, _ = _compare(tiny, items, spec, "patch", "denoise")  # engine == oracle, both with the hook
+        with pytest.raises(TraceInputError, match="blocks.0.attn.hook_pattern"):
+            runs, _ = build_runs(tiny, items, _directions(tiny, items))
+            patched_scores(tiny, runs, spec, fast=True)
+    finally:
+        tiny.reset_hooks(including_permanent=True)
+    assert uses_fast_path(tiny)
+    assert (hooked.patched - plain.patched).nan_to_num(0).abs().max() > 1e-4, "the hook must change the scores"

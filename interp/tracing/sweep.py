@@ -10,6 +10,7 @@ at most the item in flight).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -28,7 +29,7 @@ from interp.runs.cluster import InProcessExecutor, ModelRecipe, ModelTask
 from interp.runs.rundir import ItemTable
 from interp.data.scoring import text_target_directions
 from interp.tracing.atp import atp_patched_scores
-from interp.tracing.engine import DEFAULT_BUDGET_MB, patched_scores
+from interp.tracing.engine import DEFAULT_BUDGET_MB, patched_scores, weights_fixed
 from interp.tracing.inputs import TEXT_TARGET, NoiseConfig, build_runs, effects
 from interp.tracing.spec import TraceSpec
 
@@ -36,8 +37,9 @@ log = logging.getLogger(__name__)
 
 # Items traced together in one packed batch (they finish together, so a killed run loses at most
 # this chunk: under a second of compute on a ViT-B-32 text tower). Measured with
-# `python -m interp.bench trace` on 2 cores: 8 items per chunk sweep the 490 pairs in ~45 s (24x the
-# per-cell loop); 1 item per chunk in ~97 s (17x), the batches being too small to fill the matmuls.
+# `python -m interp.bench trace --threads 1 --compare-chunks 16,32`: 8 items per chunk sweep the 490
+# pairs in 41.3 CPU s, 16 in 41.9, 32 in 44.9 (longer chunks pad each cell's attention more); an
+# earlier engine took ~97 s with 1 item per chunk, the batches being too small to fill the matmuls.
 from interp.tracing.options import DEFAULT_CHUNK_ITEMS  # noqa: E402,F401 - re-exported
 CELL_COLUMNS = [
     "item_id", "negation_side", "segment", "d", "length", "layer", "position", "role",
@@ -191,20 +193,24 @@ def run_sweep(
     shared = {"spec": spec, "mode": mode, "direction": direction, "noise": noise, "budget_mb": budget_mb, "method": method}
     start = time.perf_counter()
     bar = tqdm(total=sum(len(c) for c in todo), unit="item", desc="tracing", disable=not progress)
+    # in this process the weights stay fixed for the whole sweep: the fast path fuses them once
+    in_process = isinstance(executor, InProcessExecutor) and model is not None
+    kept = weights_fixed(model) if in_process else contextlib.nullcontext()
     try:
-        for index, result in executor.map(task, payloads, shared, name="trace-chunk"):
-            chunk = todo[index]
-            for k, i in enumerate(chunk):
-                rows = item_rows(items[i], result.effect[k], result.patched[k], result.base[k], result.source[k],
-                                 None if segments is None else segments[i],
-                                 None if d_values is None else d_values[i])
-                table.write(items[i].pair.item_id, rows)
-            stats.items_computed += len(chunk)
-            stats.cells_forward += result.n_forward
-            stats.cells_shortcut += result.n_shortcut
-            elapsed = time.perf_counter() - start
-            bar.update(len(chunk))
-            bar.set_postfix(cells_per_s=f"{(stats.cells_forward + stats.cells_shortcut) / max(elapsed, 1e-9):.0f}")
+        with kept:
+            for index, result in executor.map(task, payloads, shared, name="trace-chunk"):
+                chunk = todo[index]
+                for k, i in enumerate(chunk):
+                    rows = item_rows(items[i], result.effect[k], result.patched[k], result.base[k], result.source[k],
+                                     None if segments is None else segments[i],
+                                     None if d_values is None else d_values[i])
+                    table.write(items[i].pair.item_id, rows)
+                stats.items_computed += len(chunk)
+                stats.cells_forward += result.n_forward
+                stats.cells_shortcut += result.n_shortcut
+                elapsed = time.perf_counter() - start
+                bar.update(len(chunk))
+                bar.set_postfix(cells_per_s=f"{(stats.cells_forward + stats.cells_shortcut) / max(elapsed, 1e-9):.0f}")
     finally:
         bar.close()
     stats.seconds = time.perf_counter() - start
