@@ -200,6 +200,9 @@ def test_extract_cli_then_report_on_tiny_model(tmp_path):
     (tmp_path / "captions.csv").write_text("image,caption\n" + "\n".join(f"{a},{b}" for a, b in rows))
     assert extract_main(["--images", str(tmp_path), "--captions", str(tmp_path / "captions.csv"),
                          "--out", str(tmp_path / "emb"), "--model", "tiny", "--pretrained", "none"]) == 0
+    extract_settings = json.loads((tmp_path / "emb/config.json").read_text())["settings"]
+    assert extract_settings["preset"] == "none" and extract_settings["preprocess"] == "open_clip"
+    assert "Preset: none" in (tmp_path / "emb/report.md").read_text()
     out = tmp_path / "rep"
     assert cli_main(["--x", str(tmp_path / "emb/image.npz"), "--y", str(tmp_path / "emb/text.npz"), "--out", str(out),
                      "--n-base", "8", "--n-query", "10", "--match-seeds", "0", "--qap-restarts", "2",

@@ -24,6 +24,8 @@ TOOL = "analyses.extract"
 MIN_PAIRS = 4  # the analyses need at least this many pairs (analyses.extract.pairs.read_captions)
 
 
+NO_PRESET = "none"  # config.json "preset" of a command no seed paper defines
+
 def build_parser() -> argparse.ArgumentParser:
     p = UsageParser(prog="python -m analyses.extract", description=__doc__.split("\n")[0])
     p.add_argument("--images", required=True, help="folder holding the images named in --captions")
@@ -75,7 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The inputs' contents decide the results, their paths do not.
     settings = {k: v for k, v in run_settings(args).items() if k not in ("images", "captions")}
     settings.update(weights_fingerprint=fingerprint, captions_sha256=file_sha256(args.captions),
-                    images_sha256=_images_digest(paths))
+                    images_sha256=_images_digest(paths),
+                    # No seed paper fixes how these embeddings are made: there is no preset to follow,
+                    # and images go through open_clip's own preprocessing (docs/fidelity.md).
+                    preset=NO_PRESET, preprocess="open_clip")
     info = {"images": args.images, "captions": args.captions, "device": args.device,
             "threads": args.threads_chosen, "threads_reason": args.threads_reason}
     with RunDir(args.out, TOOL, settings, info, arguments=vars(args), overwrite=args.overwrite, resumable=False) as run:
@@ -100,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"each of {len(x.layers)} blocks; `text.npz`: the projected text embedding [{y.n}, {y.embeddings.shape[1]}] "
             f"and the pooled (EOT) residual of {len(y.layers)} states. Rows are paired; captions of one image form "
             "one alias group.",
+            "Preset: none (no seed paper defines how these embeddings are extracted); images are preprocessed "
+            "with open_clip's transform (see docs/fidelity.md).",
             "`pairs.csv`: row, image, caption. Next: `python -m analyses.alignment --x image.npz --y text.npz --out DIR`.",
         ]).write(run.file("report.md"))
         run.record(model={"name": args.model, "pretrained": meta["pretrained"], "weights_fingerprint": fingerprint},
