@@ -144,7 +144,15 @@ class _CheckingFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path, target=None):
         if fullname.partition(".")[0] not in self._packages:
             return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        # Ask the finders after this one (the path finder, or an editable install's own finder).
+        spec = None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                break
         if spec is not None and isinstance(spec.loader, importlib.machinery.SourceFileLoader):
             spec.loader = _CheckingLoader(spec.loader)
         return spec
