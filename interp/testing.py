@@ -144,6 +144,18 @@ class _IdentityNorm(torch.nn.Module):
 
 
 @torch.no_grad()
+def random_clip_text_encoder(n_layers: int = 12, d_model: int = 512, n_heads: int = 8, seed: int = 0,
+                             name: str = "random-clip-text") -> HookedTextEncoder:
+    """A random-init CLIP-shaped text tower (causal, pre-LN, EOT pooling, QuickGELU, MLP 4 x d_model)
+    of any size, built directly (no open_clip model, no image tower): ViT-B-32's text tower's sizes by
+    default, for tests that need real depth and width without loading anything."""
+    cfg = TextEncoderConfig(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_mlp=4 * d_model, n_ctx=77,
+                            d_vocab=49408, d_embed=d_model, act_fn="quick_gelu", model_name=name, pretrained=None)
+    model = HookedTextEncoder(cfg, CLIPTokenizer())
+    model.init_weights(seed=seed)
+    return model.eval()
+
+
 def build_linear_encoder(seed: int = 0, n_layers: int = 3, d_model: int = 32, n_heads: int = 4,
                          dtype: torch.dtype = torch.float64) -> HookedTextEncoder:
     """A causal CLIP-like encoder whose output is an affine function of every activation.
@@ -185,7 +197,7 @@ CLS_DIM = 2  # marks the class token (keeps its ln_post scale away from zero)
 class PlantedImageEncoder:
     """A planted image tower and the facts a test may assert (layers, heads 0-indexed)."""
 
-    model: "HookedImageEncoder"  # noqa: F821 - imported lazily below
+    model: HookedImageEncoder  # noqa: F821 - imported lazily below
     head_layer: int
     head: int  # the one head that writes: the class token reads the reddest patch into OUT_DIM
     idle_head: int  # a head at head_layer with values but W_O = 0: exactly no effect

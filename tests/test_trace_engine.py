@@ -18,6 +18,7 @@ from interp.data.negation import align_pairs, load_existence_pairs
 from interp.models.text_encoder import HookedTextEncoder
 from interp.data.scoring import text_target_directions
 from interp.models.tokenization import CLIPTokenizer
+from interp.testing import random_clip_text_encoder
 from interp.tracing import (
     NoiseConfig,
     TraceSpec,
@@ -134,10 +135,7 @@ def test_invariants_exact_on_tiny(tiny, pairs):
 @pytest.fixture(scope="module")
 def vit_b32_sized():
     """A random-init text tower with ViT-B-32's sizes (built directly: no image tower to create)."""
-    cfg = TextEncoderConfig(n_layers=12, d_model=512, n_heads=8, d_mlp=2048, n_ctx=77, d_vocab=49408,
-                            d_embed=512, act_fn="quick_gelu", model_name="ViT-B-32-sized", pretrained=None)
-    model = HookedTextEncoder(cfg, CLIPTokenizer())
-    model.init_weights(seed=3)
+    model = random_clip_text_encoder(n_layers=12, d_model=512, n_heads=8, seed=3, name="ViT-B-32-sized")
     model.logit_scale.fill_(4.6052)
     return model.eval()
 

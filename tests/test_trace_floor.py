@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import pytest
 
-from interp.benchmarks.trace import clean_floor, engine_gemm_shapes, first_difference, floor_cells
+from interp.benchmarks.trace import (
+    clean_floor,
+    engine_gemm_shapes,
+    first_difference,
+    floor_cells,
+)
 from interp.data.negation import align_pairs, load_existence_pairs
-from interp.models.config import TextEncoderConfig
-from interp.models.text_encoder import HookedTextEncoder
 from interp.models.tokenization import CLIPTokenizer
+from interp.testing import random_clip_text_encoder
 from interp.tracing.sweep import chunk_plan
 
 
 @pytest.fixture(scope="module")
 def deep_narrow():
     """12 blocks like ViT-B-32's text tower, width 64: the floor's proportions, at a test's cost."""
-    cfg = TextEncoderConfig(n_layers=12, d_model=64, n_heads=4, d_mlp=256, n_ctx=77, d_vocab=49408,
-                            d_embed=64, act_fn="quick_gelu", model_name="deep-narrow", pretrained=None)
-    model = HookedTextEncoder(cfg, CLIPTokenizer())
-    model.init_weights(seed=0)
-    return model.eval()
+    return random_clip_text_encoder(n_layers=12, d_model=64, n_heads=4, seed=0, name="deep-narrow")
 
 
 def test_engine_dense_flops_cover_the_floor_and_little_more(deep_narrow):
