@@ -143,7 +143,6 @@ class _IdentityNorm(torch.nn.Module):
         return self.hook_normalized(x)
 
 
-@torch.no_grad()
 def random_clip_text_encoder(n_layers: int = 12, d_model: int = 512, n_heads: int = 8, seed: int = 0,
                              name: str = "random-clip-text") -> HookedTextEncoder:
     """A random-init CLIP-shaped text tower (causal, pre-LN, EOT pooling, QuickGELU, MLP 4 x d_model)
@@ -156,6 +155,7 @@ def random_clip_text_encoder(n_layers: int = 12, d_model: int = 512, n_heads: in
     return model.eval()
 
 
+@torch.no_grad()
 def build_linear_encoder(seed: int = 0, n_layers: int = 3, d_model: int = 32, n_heads: int = 4,
                          dtype: torch.dtype = torch.float64) -> HookedTextEncoder:
     """A causal CLIP-like encoder whose output is an affine function of every activation.
