@@ -423,6 +423,11 @@ class ItemTable:
             raise ValueError(f"rows for item {item_id!r} carry other item ids")
         return write_csv(rows, self.file_of(item_id))
 
+    def write_text(self, item_id: str, text: str) -> Path:
+        """Store one finished item's rows already written as CSV text (header first, an ``item_id``
+        column equal to ``item_id``), as :meth:`write` would store them as a table."""
+        return atomic_write_text(self.file_of(item_id), text)
+
     def read(self, order: Sequence[str] | None = None) -> pd.DataFrame:
         """All stored rows; items in ``order`` (ids) if given, else sorted by id."""
         import pandas as pd
