@@ -613,9 +613,11 @@ def _activation_(act_fn: str, mlp, x: Tensor) -> Tensor:
         return torch.ops.aten.gelu_(x)
     if act_fn == "gelu_tanh":
         return torch.ops.aten.gelu_(x, approximate="tanh")
+    if act_fn == "quick_gelu":  # x * sigmoid(1.702 x), as interp.models.components computes it
+        return x.mul_(torch.sigmoid(1.702 * x))
     if act_fn == "relu":
         return x.relu_()
-    return mlp.act(x)  # quick_gelu (x * sigmoid(1.702 x)) and anything else: the module's own
+    return mlp.act(x)  # any other activation: the module's own, out of place
 
 
 def _softmax_(scores: Tensor) -> Tensor:
