@@ -52,12 +52,12 @@ def test_item_csv_quotes_tokens_like_pandas(aligned):
     assert text == item_rows(*args).to_csv(index=False)
 
 
-def test_write_text_reads_back_as_the_table(aligned, tmp_path):
+def test_written_text_reads_back_as_the_table(aligned, tmp_path):
     item = aligned[5]
     effect = _values(np.random.default_rng(1), (13, item.length))
     args = (item, effect, effect, 0.5, -0.5, "correct", 0.1)
     table = ItemTable(tmp_path)
-    path = table.write_text(item.pair.item_id, item_csv(*args))
+    path = table.write(item.pair.item_id, item_csv(*args))
     assert table.done() == {str(item.pair.item_id)}
     frame = read_csv(path)
     expected = item_rows(*args)

@@ -413,8 +413,11 @@ class ItemTable:
                 finished.add(first[header.index("item_id")])
         return finished
 
-    def write(self, item_id: str, rows: pd.DataFrame) -> Path:
-        """Store one finished item's rows (must hold an ``item_id`` column equal to ``item_id``)."""
+    def write(self, item_id: str, rows: pd.DataFrame | str) -> Path:
+        """Store one finished item's rows (must hold an ``item_id`` column equal to ``item_id``): a
+        table, or the rows already written as CSV text (header first), stored as they are."""
+        if isinstance(rows, str):
+            return atomic_write_text(self.file_of(item_id), rows)
         if "item_id" not in rows.columns:
             rows = rows.assign(item_id=str(item_id))
         if len(rows) == 0:
@@ -422,11 +425,6 @@ class ItemTable:
         if set(rows["item_id"].astype(str)) != {str(item_id)}:
             raise ValueError(f"rows for item {item_id!r} carry other item ids")
         return write_csv(rows, self.file_of(item_id))
-
-    def write_text(self, item_id: str, text: str) -> Path:
-        """Store one finished item's rows already written as CSV text (header first, an ``item_id``
-        column equal to ``item_id``), as :meth:`write` would store them as a table."""
-        return atomic_write_text(self.file_of(item_id), text)
 
     def read(self, order: Sequence[str] | None = None) -> pd.DataFrame:
         """All stored rows; items in ``order`` (ids) if given, else sorted by id."""

@@ -232,7 +232,7 @@ def run_sweep(
                     text = item_csv(items[i], result.effect[k], result.patched[k], result.base[k], result.source[k],
                                     None if segments is None else segments[i],
                                     None if d_values is None else d_values[i])
-                    table.write_text(items[i].pair.item_id, text)
+                    table.write(items[i].pair.item_id, text)
                 stats.items_computed += len(chunk)
                 stats.cells_forward += result.n_forward
                 stats.cells_shortcut += result.n_shortcut
