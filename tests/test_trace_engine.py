@@ -206,3 +206,21 @@ def test_attached_hooks_act_and_switch_off_the_fast_path(tiny, pairs):
         tiny.reset_hooks(including_permanent=True)
     assert uses_fast_path(tiny)
     assert (hooked.patched - plain.patched).nan_to_num(0).abs().max() > 1e-4, "the hook must change the scores"
+
+
+@pytest.mark.parametrize("act_fn", ["gelu", "gelu_tanh", "quick_gelu", "relu"])
+def test_in_place_activation_is_the_modules_bit_for_bit(act_fn):
+    """The fast path applies the MLP activation in place on its hidden buffer: same values, bit for bit."""
+    from interp.models.components import MLP
+    from interp.tracing.engine import _activation_
+
+    cfg = TextEncoderConfig(n_layers=1, d_model=8, n_heads=2, d_mlp=32, n_ctx=8, d_vocab=16, d_embed=8,
+                            act_fn=act_fn, model_name="act", pretrained=None)
+    mlp = MLP(cfg)
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(0)) * 4
+    expected = mlp.act(x)
+    buffer = x.clone()
+    got = _activation_(act_fn, mlp, buffer)
+    assert torch.equal(got, expected)
+    assert not torch.equal(expected, x)  # the activation did something
+    assert got.data_ptr() == buffer.data_ptr()  # in place: no second buffer

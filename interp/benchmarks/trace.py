@@ -72,7 +72,7 @@ def gemm_rates(shapes: Sequence[tuple[int, int, int]], repeats: int = 2) -> tupl
 
 def engine_gemm_shapes(model, items: Sequence[AlignedPair], batch_size: int, budget_mb: float,
                        n_chunks: int = 4) -> tuple[list[tuple[int, int, int]], int]:
-    """The (m, k, n) of every dense product (addmm/mm) the engine runs on ``n_chunks`` chunks of the
+    """The (m, k, n) of every dense product (addmm, addmm_, mm) the engine runs on ``n_chunks`` chunks of the
     sweep's own plan, spread evenly over it (chunks hold items of similar length, so a sample of
     whole chunks has the full sweep's shapes). Returns the shapes and how many chunks they cover."""
     import torch
@@ -88,7 +88,7 @@ def engine_gemm_shapes(model, items: Sequence[AlignedPair], batch_size: int, bud
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.aten.addmm.default:
+            if func in (torch.ops.aten.addmm.default, torch.ops.aten.addmm_.default):  # addmm_: into the residual
                 shapes.append((args[1].shape[0], args[1].shape[1], args[2].shape[1]))
             elif func is torch.ops.aten.mm.default:
                 shapes.append((args[0].shape[0], args[0].shape[1], args[1].shape[1]))

@@ -413,8 +413,11 @@ class ItemTable:
                 finished.add(first[header.index("item_id")])
         return finished
 
-    def write(self, item_id: str, rows: pd.DataFrame) -> Path:
-        """Store one finished item's rows (must hold an ``item_id`` column equal to ``item_id``)."""
+    def write(self, item_id: str, rows: pd.DataFrame | str) -> Path:
+        """Store one finished item's rows (must hold an ``item_id`` column equal to ``item_id``): a
+        table, or the rows already written as CSV text (header first), stored as they are."""
+        if isinstance(rows, str):
+            return atomic_write_text(self.file_of(item_id), rows)
         if "item_id" not in rows.columns:
             rows = rows.assign(item_id=str(item_id))
         if len(rows) == 0:

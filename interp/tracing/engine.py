@@ -382,7 +382,7 @@ def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, p
         cell_run = run[:n_cells]
         out, _, _ = _block(model, weights[j], spec.kind, j, active, rows, base.keys[j].index_select(0, cell_run),
                            base.values[j].index_select(0, cell_run), cell_run, pool[:n_cells], source, in_win,
-                           query_rows, out=None if last else active)
+                           query_rows)
     hidden = out
     # hidden now holds one row per cell: the pooled position after the last block
     if spec.kind == "resid":
@@ -544,7 +544,7 @@ def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor
 
 
 def _block(model, weights: _BlockWeights, kind, j, hidden, rows: _Rows, keys, values, cell_run, cell_pool, source,
-           in_win, query_rows, out: Tensor | None = None):
+           in_win, query_rows):
     """Block j (pre-LN) on packed rows.
 
     ``keys``/``values`` ``[cell, head, pos, d_head]`` hold the keys/values of the positions before
@@ -553,8 +553,8 @@ def _block(model, weights: _BlockWeights, kind, j, hidden, rows: _Rows, keys, va
     sequence), so the attention works on ``[cell, head, width, pos]`` scores.
 
     Returns (new rows: all, or only ``query_rows`` at the last block; the rows' keys; values), the
-    keys and values as ``[row, head, d_head]``. ``out`` (may be ``hidden`` itself: it is read before
-    the last write) receives the new rows.
+    keys and values as ``[row, head, d_head]``. When every row queries (``query_rows`` None), the
+    new rows are ``hidden`` itself, updated in place: it must be the caller's own tensor.
     """
     block = model.blocks[j]
     n_cells, n_heads, n_pos, d_head = keys.shape
@@ -580,17 +580,44 @@ def _block(model, weights: _BlockWeights, kind, j, hidden, rows: _Rows, keys, va
     allowed = torch.arange(n_pos, device=hidden.device) <= query_pos[:, :, None]  # causal: key <= query
     scores.div_(math.sqrt(d_head)).masked_fill_(~allowed[:, None], float("-inf"))  # in place: no copies
     z = _head_rows(torch.matmul(_softmax_(scores), values), q_cell, q_slot)  # [row, head * d_head]
-    attn_out = torch.addmm(block.attn.b_O, z, weights.out)
+    # The residual adds ride on the output products: resid.addmm_(z, W_O) adds z @ W_O into the
+    # residual rows in the GEMM's own pass (no attention-output tensor, no bias copy, no extra add).
+    mid = hidden if query_rows is None else hidden[q_rows]  # all rows: in place; last block: a copy
     win = in_win[q_rows]
-    if kind == "attn" and bool(win.any()):
-        attn_out[win] = _sub_rows(source, j, rows.cell, rows.pos, cell_run, q_rows, win)
-    mid = hidden[q_rows] + attn_out
+    kept = _patched_sum(source, kind == "attn", j, mid, rows, cell_run, q_rows, win)
+    mid.addmm_(z, weights.out).add_(block.attn.b_O)
+    if kept is not None:
+        mid[win] = kept
     mlp = block.mlp
-    hidden_mlp = mlp.act(torch.addmm(mlp.b_in, _layer_norm(block.ln2, mid), mlp.W_in))
-    mlp_out = torch.addmm(mlp.b_out, hidden_mlp, mlp.W_out)
-    if kind == "mlp" and bool(win.any()):
-        mlp_out[win] = _sub_rows(source, j, rows.cell, rows.pos, cell_run, q_rows, win)
-    return torch.add(mid, mlp_out, out=out), k, v
+    hidden_mlp = torch.addmm(mlp.b_in, _layer_norm(block.ln2, mid), mlp.W_in)
+    kept = _patched_sum(source, kind == "mlp", j, mid, rows, cell_run, q_rows, win)
+    mid.addmm_(_activation_(model.cfg.act_fn, mlp, hidden_mlp), mlp.W_out).add_(mlp.b_out)
+    if kept is not None:
+        mid[win] = kept
+    return mid, k, v
+
+
+def _patched_sum(source, patched: bool, j, resid, rows: _Rows, cell_run, q_rows, win) -> Tensor | None:
+    """``resid + source output`` on the window's rows when this block's sublayer output is patched
+    (attention or MLP kind), computed before the fused product overwrites ``resid``: the same sum,
+    rounded the same way, as adding the patched output would give. None when nothing is patched."""
+    if not (patched and bool(win.any())):
+        return None
+    return resid[win] + _sub_rows(source, j, rows.cell, rows.pos, cell_run, q_rows, win)
+
+
+def _activation_(act_fn: str, mlp, x: Tensor) -> Tensor:
+    """The MLP's activation applied in place on its own hidden buffer (no second [row, d_mlp]
+    tensor); the same kernels as the module's out-of-place activation, so the same values."""
+    if act_fn == "gelu":
+        return torch.ops.aten.gelu_(x)
+    if act_fn == "gelu_tanh":
+        return torch.ops.aten.gelu_(x, approximate="tanh")
+    if act_fn == "quick_gelu":  # x * sigmoid(1.702 x), as interp.models.components computes it
+        return x.mul_(torch.sigmoid(1.702 * x))
+    if act_fn == "relu":
+        return x.relu_()
+    return mlp.act(x)  # any other activation: the module's own, out of place
 
 
 def _softmax_(scores: Tensor) -> Tensor:

@@ -11,7 +11,10 @@ at most the item in flight).
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
+import io
+import math
 import logging
 import time
 from dataclasses import dataclass
@@ -117,6 +120,31 @@ def item_rows(item: AlignedPair, effect: np.ndarray, patched: np.ndarray, base: 
     }, columns=CELL_COLUMNS)
 
 
+def item_csv(item: AlignedPair, effect: np.ndarray, patched: np.ndarray, base: float, source: float,
+             segment: str | None, d: float | None) -> str:
+    """``item_rows(...).to_csv(index=False)``, written directly: the same text (tests/test_trace_sweep_table.py
+    holds it to pandas' on every item), without building a DataFrame per item, which cost a sweep
+    of the 490 pairs about a CPU second (2% of it)."""
+    n = item.length
+    head = [item.pair.item_id, item.pair.negation_side, segment if segment is not None else "",
+            _csv_float(math.nan if d is None else float(d)), n]
+    tail = [_csv_float(float(base)), _csv_float(float(source))]
+    tokens = [(item.roles[p], item.str_tokens_negated[p], item.str_tokens_affirmative[p]) for p in range(n)]
+    effect_text = [[_csv_float(v) for v in row] for row in effect[:, :n].astype(np.float64).tolist()]
+    patched_text = [[_csv_float(v) for v in row] for row in patched[:, :n].astype(np.float64).tolist()]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")  # pandas' to_csv dialect: minimal quoting, "\n"
+    writer.writerow(CELL_COLUMNS)
+    writer.writerows([*head, layer, p, *tokens[p], effect_text[layer][p], patched_text[layer][p], *tail]
+                     for layer in range(effect.shape[0]) for p in range(n))
+    return text.getvalue()
+
+
+def _csv_float(value: float) -> str:
+    """A float as pandas writes it to CSV: the shortest repr that round-trips; NaN as an empty field."""
+    return "" if math.isnan(value) else repr(value)
+
+
 @dataclass
 class ChunkResult:
     """What one traced chunk sends back to the driver: ``[item, axis, pos]`` effects and cell counts."""
@@ -201,10 +229,10 @@ def run_sweep(
             for index, result in executor.map(task, payloads, shared, name="trace-chunk"):
                 chunk = todo[index]
                 for k, i in enumerate(chunk):
-                    rows = item_rows(items[i], result.effect[k], result.patched[k], result.base[k], result.source[k],
-                                     None if segments is None else segments[i],
-                                     None if d_values is None else d_values[i])
-                    table.write(items[i].pair.item_id, rows)
+                    text = item_csv(items[i], result.effect[k], result.patched[k], result.base[k], result.source[k],
+                                    None if segments is None else segments[i],
+                                    None if d_values is None else d_values[i])
+                    table.write(items[i].pair.item_id, text)
                 stats.items_computed += len(chunk)
                 stats.cells_forward += result.n_forward
                 stats.cells_shortcut += result.n_shortcut
