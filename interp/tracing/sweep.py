@@ -14,8 +14,8 @@ import contextlib
 import csv
 import functools
 import io
-import math
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
