@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from interp.errors import CheckpointMismatchError
-from interp.models.towers import check_open_clip_tower
 from interp.models.config import ConfigError, TextEncoderConfig
+from interp.models.towers import check_open_clip_tower
 
 StateDict = dict[str, Tensor]
 
@@ -169,10 +169,12 @@ def convert_open_clip_text(model: nn.Module, model_name: str = "custom", pretrai
     return cfg, {k: v.detach() for k, v in sd.items()}, log_scale
 
 
-def _hf_config_value(config: Any, name: str) -> Any:
+def hf_config_value(config: Any, name: str) -> Any:
+    """``config.<name>`` of a Hugging Face CLIP text or vision config; a clear error if it is missing."""
     value = getattr(config, name, None)
     if value is None:
-        raise ConfigError(f"Hugging Face CLIP text config has no {name!r}")
+        raise ConfigError(f"Hugging Face CLIP {type(config).__name__} has no {name!r}: the checkpoint's "
+                          "config.json is incomplete; re-save the model with transformers' save_pretrained")
     return value
 
 
@@ -186,23 +188,23 @@ def convert_hf_clip_text(model: nn.Module, model_name: str = "hf-clip", pretrain
     if text_model is None:
         raise ConfigError(f"{type(model).__name__} has no .text_model: pass a CLIPModel, CLIPTextModel or CLIPTextModelWithProjection")
     tc = text_model.config
-    act = _hf_config_value(tc, "hidden_act")
+    act = hf_config_value(tc, "hidden_act")
     act_map = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
     if act not in act_map:
         raise ConfigError(f"{model_name}: hidden_act {act!r} is not supported ({sorted(act_map)})")
     eos = getattr(tc, "eos_token_id", 2)
     proj = getattr(model, "text_projection", None)
-    d_model = _hf_config_value(tc, "hidden_size")
+    d_model = hf_config_value(tc, "hidden_size")
     cfg = TextEncoderConfig(
-        n_layers=_hf_config_value(tc, "num_hidden_layers"),
+        n_layers=hf_config_value(tc, "num_hidden_layers"),
         d_model=d_model,
-        n_heads=_hf_config_value(tc, "num_attention_heads"),
-        d_mlp=_hf_config_value(tc, "intermediate_size"),
-        n_ctx=_hf_config_value(tc, "max_position_embeddings"),
-        d_vocab=_hf_config_value(tc, "vocab_size"),
+        n_heads=hf_config_value(tc, "num_attention_heads"),
+        d_mlp=hf_config_value(tc, "intermediate_size"),
+        n_ctx=hf_config_value(tc, "max_position_embeddings"),
+        d_vocab=hf_config_value(tc, "vocab_size"),
         d_embed=proj.out_features if proj is not None else d_model,
         act_fn=act_map[act],
-        eps=_hf_config_value(tc, "layer_norm_eps"),
+        eps=hf_config_value(tc, "layer_norm_eps"),
         causal=True,
         norm="pre",
         pool="argmax" if eos == 2 else "eos",

@@ -12,8 +12,6 @@ Towers the hooked encoder cannot reproduce exactly are refused with :class:`Unsu
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor, nn
 
 from interp.models.config import ConfigError
@@ -24,6 +22,7 @@ from interp.models.convert import (
     _heads_in,
     _heads_out,
     _layer_scale,
+    hf_config_value,
 )
 from interp.models.image_config import ImageEncoderConfig
 
@@ -142,13 +141,6 @@ def convert_open_clip_vision(model: nn.Module, model_name: str = "custom", pretr
 _HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 
-def _hf_value(config: Any, name: str) -> Any:
-    value = getattr(config, name, None)
-    if value is None:
-        raise ConfigError(f"Hugging Face CLIP vision config has no {name!r}")
-    return value
-
-
 def convert_hf_clip_vision(model: nn.Module, model_name: str = "hf-clip", pretrained: str | None = None) -> tuple[ImageEncoderConfig, StateDict]:
     """Hugging Face ``CLIPModel`` / ``CLIPVisionModel(WithProjection)`` -> (config, state dict).
 
@@ -159,7 +151,7 @@ def convert_hf_clip_vision(model: nn.Module, model_name: str = "hf-clip", pretra
     if vision is None:
         raise _refuse(model_name, f"{type(model).__name__} (no .vision_model)")
     vc = vision.config
-    act = _hf_value(vc, "hidden_act")
+    act = hf_config_value(vc, "hidden_act")
     if act not in _HF_ACTS:
         raise ConfigError(f"{model_name}: hidden_act {act!r} is not supported ({sorted(_HF_ACTS)})")
     emb = vision.embeddings
@@ -167,19 +159,19 @@ def convert_hf_clip_vision(model: nn.Module, model_name: str = "hf-clip", pretra
     if conv.bias is not None:
         raise _refuse(model_name, "a patch embedding with a bias")
     proj = getattr(model, "visual_projection", None)
-    d_model = _hf_value(vc, "hidden_size")
-    image = _hf_value(vc, "image_size")
+    d_model = hf_config_value(vc, "hidden_size")
+    image = hf_config_value(vc, "image_size")
     cfg = ImageEncoderConfig(
-        n_layers=_hf_value(vc, "num_hidden_layers"),
+        n_layers=hf_config_value(vc, "num_hidden_layers"),
         d_model=d_model,
-        n_heads=_hf_value(vc, "num_attention_heads"),
-        d_mlp=_hf_value(vc, "intermediate_size"),
+        n_heads=hf_config_value(vc, "num_attention_heads"),
+        d_mlp=hf_config_value(vc, "intermediate_size"),
         image_size=(image, image),
         patch_size=tuple(conv.kernel_size),
         d_embed=proj.out_features if proj is not None else d_model,
         n_channels=conv.in_channels,
         act_fn=_HF_ACTS[act],
-        eps=_hf_value(vc, "layer_norm_eps"),
+        eps=hf_config_value(vc, "layer_norm_eps"),
         has_ln_pre=True,
         pool="cls",
         ln_post_after_pool=True,
