@@ -72,7 +72,7 @@ def gemm_rates(shapes: Sequence[tuple[int, int, int]], repeats: int = 2) -> tupl
 
 def engine_gemm_shapes(model, items: Sequence[AlignedPair], batch_size: int, budget_mb: float,
                        n_chunks: int = 4) -> tuple[list[tuple[int, int, int]], int]:
-    """The (m, k, n) of every dense product (addmm, addmm_, mm) the engine runs on ``n_chunks`` chunks of the
+    """The (m, k, n) of every dense product (addmm, addmm_, mm, and their out= forms) the engine runs on ``n_chunks`` chunks of the
     sweep's own plan, spread evenly over it (chunks hold items of similar length, so a sample of
     whole chunks has the full sweep's shapes). Returns the shapes and how many chunks they cover."""
     import torch
@@ -88,9 +88,10 @@ def engine_gemm_shapes(model, items: Sequence[AlignedPair], batch_size: int, bud
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func in (torch.ops.aten.addmm.default, torch.ops.aten.addmm_.default):  # addmm_: into the residual
+            # addmm_: into the residual; .out: into a reused buffer
+            if func in (torch.ops.aten.addmm.default, torch.ops.aten.addmm_.default, torch.ops.aten.addmm.out):
                 shapes.append((args[1].shape[0], args[1].shape[1], args[2].shape[1]))
-            elif func is torch.ops.aten.mm.default:
+            elif func in (torch.ops.aten.mm.default, torch.ops.aten.mm.out):
                 shapes.append((args[0].shape[0], args[0].shape[1], args[1].shape[1]))
             return func(*args, **(kwargs or {}))
 

@@ -25,8 +25,9 @@ class CleanRun:
         states: ``[axis, batch, pos, d_model]``: the patchable state at every layer of the axis
             (residual states 0..L, or attention / MLP outputs of blocks 0..L-1).
         resid: ``[L + 1, batch, pos, d_model]`` residual states (the inputs of a resumed run).
-        keys, values: ``[L, batch, head, pos, d_head]`` per block (read by the causal fast path),
-            or None when not asked for.
+        keys: ``[L, batch, head, d_head, pos]`` per block, transposed as the causal fast path's
+            score product reads them; values: ``[L, batch, head, pos, d_head]``; or None when not
+            asked for.
         embedding: ``[batch, d_embed]`` the clean output.
         scores: ``[batch]`` score of the clean output against the run's direction (set by the
             engine once the directions are known: the text target's come from these embeddings).
@@ -34,7 +35,7 @@ class CleanRun:
 
     states: Float[Tensor, "axis batch pos d_model"]
     resid: Float[Tensor, "layer batch pos d_model"]
-    keys: Float[Tensor, "block batch head pos d_head"] | None
+    keys: Float[Tensor, "block batch head d_head pos"] | None
     values: Float[Tensor, "block batch head pos d_head"] | None
     embedding: Float[Tensor, "batch d_embed"]
     scores: Float[Tensor, " batch"] | None = None
@@ -59,8 +60,8 @@ def clean_run(
     )
     keys = values = None
     if with_kv:
-        # head-major, as the fast path's attention reads them: [block, batch, head, pos, d_head]
-        keys = torch.stack([cache[f"blocks.{b}.attn.hook_k"].transpose(1, 2) for b in range(n_layers)])
+        # head-major, as the fast path's attention reads them: keys [block, batch, head, d_head, pos]
+        keys = torch.stack([cache[f"blocks.{b}.attn.hook_k"].permute(0, 2, 3, 1) for b in range(n_layers)])
         values = torch.stack([cache[f"blocks.{b}.attn.hook_v"].transpose(1, 2) for b in range(n_layers)])
     return CleanRun(
         states=torch.stack([cache[name] for name in state_names]),

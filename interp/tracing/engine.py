@@ -344,15 +344,15 @@ def _fast_sweep(model, spec, batch, direction, base, source, cells, budget_mb) -
             begin, acc = i, 0.0
         acc += c
     bounds.append((begin, len(order)))
-    weights = fused_weights(model)
+    fast = fast_model(model)
     for begin, end in bounds:
         idx = order[begin:end]
         out[idx] = _fast_chunk(model, spec, direction, base, source, run[idx], pos[idx], start[idx],
-                               low[layer[idx]], high[layer[idx]], pool[run[idx]], weights)
+                               low[layer[idx]], high[layer[idx]], pool[run[idx]], fast)
     return out
 
 
-def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, pool, weights) -> Tensor:
+def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, pool, fast: _FastModel) -> Tensor:
     """One chunk of cells, sorted by start layer. Rows of cell c: positions pos[c]..pool[c]."""
     n_layers = model.cfg.n_layers
     device = run.device
@@ -364,14 +364,17 @@ def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, p
     # rows/cells active at block j are a prefix, since cells are sorted by start layer
     cells_by_block = torch.searchsorted(start, torch.arange(n_layers, device=device), right=True).tolist()
     rows_by_block = [int(offsets[n - 1] + counts[n - 1]) if n else 0 for n in cells_by_block]
-    widths = torch.cummax(counts, 0).values.tolist()  # most rows of one cell among the first n cells
+    # queries padded to the most rows of any cell, in one buffer kept across blocks (cells join it in
+    # order; in a residual sweep the widest cells start at the first block, so no block pads more)
+    width = int(counts.max())
     # every row starts from the clean base state at its cell's start layer; blocks update it in place
     hidden = base.resid[start[row_cell], row_run, row_pos]
+    queries = hidden.new_zeros(len(pos), model.cfg.n_heads, width, model.cfg.d_head)
     for j in range(n_layers):
         n_cells, n_rows = cells_by_block[j], rows_by_block[j]
         if n_rows == 0:
             continue
-        rows = _Rows(row_cell[:n_rows], row_pos[:n_rows], pos[:n_cells], widths[n_cells - 1])
+        rows = _Rows(row_cell[:n_rows], row_pos[:n_rows], pos[:n_cells], width)
         rows_run, active = row_run[:n_rows], hidden[:n_rows]
         in_win = (lo[rows.cell] <= j) & (j < hi[rows.cell]) & is_patch_row[:n_rows]
         if spec.kind == "resid" and bool(in_win.any()):  # hidden is this sweep's own tensor: edit in place
@@ -380,9 +383,11 @@ def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, p
         query_rows = (rows.pos == pool[rows.cell]).nonzero().squeeze(-1) if last else None
         # gathered copies of the base run's keys/values: the block writes the rows' own over them
         cell_run = run[:n_cells]
-        out, _, _ = _block(model, weights[j], spec.kind, j, active, rows, base.keys[j].index_select(0, cell_run),
-                           base.values[j].index_select(0, cell_run), cell_run, pool[:n_cells], source, in_win,
-                           query_rows)
+        keys = torch.index_select(base.keys[j], 0, cell_run, out=fast.scratch.take("keys", (n_cells, *base.keys.shape[2:]), hidden))
+        values = torch.index_select(base.values[j], 0, cell_run,
+                                    out=fast.scratch.take("values", (n_cells, *base.values.shape[2:]), hidden))
+        out, _, _ = _block(model, fast.blocks[j], fast.scratch, spec.kind, j, active, rows, keys, values, queries, cell_run,
+                           pool[:n_cells], source, in_win, query_rows)
     hidden = out
     # hidden now holds one row per cell: the pooled position after the last block
     if spec.kind == "resid":
@@ -439,15 +444,60 @@ class _Rows:
 
 @dataclass(frozen=True)
 class _BlockWeights:
-    """One block's attention weights as plain matrices: ``qkv`` ``[d_model, 3 * head * d_head]`` (Q, K,
-    V side by side, so a block needs one matmul for all three) and ``out`` ``[head * d_head, d_model]``."""
+    """One block's weights as plain matrices: ``qkv`` ``[d_model, 3 * head * d_head]`` (Q, K, V side
+    by side, so a block needs one matmul for all three), ``out`` ``[head * d_head, d_model]``, and
+    ``mlp_in`` ``[d_model + 1, d_mlp]``, the MLP's input weights with its bias as a last row.
+
+    The bias row multiplies a column of ones appended to the LayerNorm's output
+    (:meth:`_Scratch.normed_ones`), so the product adds the bias itself: ``addmm(b_in, x, W_in)``
+    first copies the bias into every row of its ``[row, d_mlp]`` output and then reads it back, a
+    memory pass four times as wide as the ones column's (measured: the product's CPU time fell 5%).
+    The Q/K/V product keeps ``addmm``: its output is only three times as wide, and there the ones
+    column's copy costs what it saves."""
 
     qkv: Float[Tensor, "d_model qkv"]
     qkv_bias: Float[Tensor, " qkv"]
     out: Float[Tensor, "hd d_model"]
+    mlp_in: Float[Tensor, "d_model_1 d_mlp"]
 
 
-_KEPT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> [depth, fused weights or None]
+class _Scratch:
+    """Buffers the blocks reuse for their large intermediates (the products' outputs, the LayerNorm's
+    output): a fresh ``[row, d_mlp]`` tensor per block is new memory the kernel hands over page by
+    page on first touch, and the product that writes it pays for that (about 2 CPU s of a 40 s
+    sweep). Each buffer grows to the largest block it has served and is reused from then on."""
+
+    def __init__(self):
+        self._flat: dict[str, Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A contiguous ``shape`` view of buffer ``name`` (uninitialised: the caller overwrites it)."""
+        n = math.prod(shape)
+        buf = self._flat.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+            grown = n if buf is None else max(n, buf.numel() + buf.numel() // 4)
+            buf = self._flat[name] = like.new_empty(grown)
+        return buf[:n].view(shape)
+
+    def normed_ones(self, ln, x: Float[Tensor, "row d_model"]) -> Float[Tensor, "row d_model_1"]:
+        """``[LayerNorm(x) | 1]``: the LayerNorm's output with a column of ones, the input of a product
+        whose weights carry the bias as a last row (:class:`_BlockWeights`)."""
+        n, d = x.shape
+        out = self.take("normed", (n, d + 1), x)
+        out[:, d] = 1  # a strided column: n writes
+        out[:, :d] = _layer_norm(ln, x)
+        return out
+
+
+@dataclass(frozen=True)
+class _FastModel:
+    """What the fast path computes with: each block's fused weights, and the buffers they share."""
+
+    blocks: list[_BlockWeights]
+    scratch: _Scratch
+
+
+_KEPT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> [depth, _FastModel or None]
 
 
 @contextlib.contextmanager
@@ -464,31 +514,31 @@ def weights_fixed(model):
             del _KEPT[model]
 
 
-def fused_weights(model) -> list[_BlockWeights]:
-    """The fast path's per-block weights: built per call, or once inside :func:`weights_fixed`."""
+def fast_model(model) -> _FastModel:
+    """The fast path's per-block weights and buffers: built per call, or once inside :func:`weights_fixed`."""
     entry = _KEPT.get(model)
     if entry is None:
-        return _fuse_weights(model)
+        return _FastModel(_fuse_weights(model), _Scratch())
     if entry[1] is None:
-        entry[1] = _fuse_weights(model)
+        entry[1] = _FastModel(_fuse_weights(model), _Scratch())
     return entry[1]
 
 
 def _fuse_weights(model) -> list[_BlockWeights]:
     weights = []
     for block in model.blocks:
-        attn = block.attn
+        attn, mlp = block.attn, block.mlp
         weights.append(_BlockWeights(
             qkv=torch.cat([w.permute(1, 0, 2).flatten(1) for w in (attn.W_Q, attn.W_K, attn.W_V)], dim=1),
             qkv_bias=torch.cat([b.flatten() for b in (attn.b_Q, attn.b_K, attn.b_V)]),
             out=attn.W_O.flatten(0, 1),
+            mlp_in=torch.cat([mlp.W_in, mlp.b_in[None]]),
         ))
     return weights
 
 
 @torch.no_grad()
-def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor,
-                    weights: list[_BlockWeights] | None = None) -> tuple[CleanRun, CleanRun]:
+def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor) -> tuple[CleanRun, CleanRun]:
     """Clean base and source runs with the fast path's packed blocks (residual kind).
 
     The base run computes every real position up to the pooled one. The source run shares the
@@ -499,7 +549,7 @@ def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor
     n_layers, device = cfg.n_layers, base_x0.device
     n_runs, n_pos = batch.tokens.shape
     n_heads, d_head = cfg.n_heads, cfg.d_head
-    weights = fused_weights(model) if weights is None else weights
+    fast = fast_model(model)
     pool = pool_positions(model, batch)
     runs = torch.arange(n_runs, device=device)
     no_window = torch.zeros(0, dtype=torch.bool, device=device)
@@ -509,22 +559,23 @@ def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor
         rows = _Rows(row_cell, row_pos, first, int((pool - first + 1).max()))
         hidden = x0[row_cell, row_pos]
         in_win = no_window.new_zeros(len(row_cell))
+        queries = hidden.new_zeros(n_runs, n_heads, rows.width, d_head)
         for j in range(n_layers):
             resid[j, row_cell, row_pos] = hidden
-            hidden, k, v = _block(model, weights[j], "resid", j, hidden, rows, prefix_k(j), prefix_v(j), runs, pool,
-                                  None, in_win, None)
+            hidden, k, v = _block(model, fast.blocks[j], fast.scratch, "resid", j, hidden, rows, prefix_k(j), prefix_v(j),
+                                  queries, runs, pool, None, in_win, None)
             if keys is not None:
-                keys[j, row_cell, :, row_pos] = k
+                keys[j, row_cell, :, :, row_pos] = k
                 values[j, row_cell, :, row_pos] = v
         resid[n_layers, row_cell, row_pos] = hidden
         return row_cell, row_pos, hidden
 
-    shape = (n_layers, n_runs, n_heads, n_pos, d_head)  # keys/values head-major: attention reads [pos, d_head]
-    keys = torch.zeros(shape, device=device, dtype=base_x0.dtype)
-    values = torch.zeros(shape, device=device, dtype=base_x0.dtype)
+    # head-major, as the attention reads them: keys [pos] per d_head (transposed), values [d_head] per pos
+    keys = torch.zeros(n_layers, n_runs, n_heads, d_head, n_pos, device=device, dtype=base_x0.dtype)
+    values = torch.zeros(n_layers, n_runs, n_heads, n_pos, d_head, device=device, dtype=base_x0.dtype)
     resid_b = torch.zeros(n_layers + 1, n_runs, n_pos, cfg.d_model, device=device, dtype=base_x0.dtype)
-    empty = lambda j: torch.zeros(shape[1:], device=device, dtype=base_x0.dtype)  # noqa: E731
-    row_cell, row_pos, hidden = sweep(base_x0, torch.zeros_like(pool), empty, empty, resid_b, keys, values)
+    row_cell, row_pos, hidden = sweep(base_x0, torch.zeros_like(pool), lambda j: torch.zeros_like(keys[0]),
+                                      lambda j: torch.zeros_like(values[0]), resid_b, keys, values)
     base_embedding = _pooled_embeddings(model, hidden[row_pos == pool[row_cell]])
 
     real = batch.attention_mask.to(device)
@@ -543,40 +594,45 @@ def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor
     return base, source
 
 
-def _block(model, weights: _BlockWeights, kind, j, hidden, rows: _Rows, keys, values, cell_run, cell_pool, source,
-           in_win, query_rows):
+def _block(model, weights: _BlockWeights, scratch: _Scratch, kind, j, hidden, rows: _Rows, keys, values, padded_queries,
+           cell_run, cell_pool, source, in_win, query_rows):
     """Block j (pre-LN) on packed rows.
 
-    ``keys``/``values`` ``[cell, head, pos, d_head]`` hold the keys/values of the positions before
-    each cell's rows (from the clean base run; the caller's own copies): the rows' own keys/values
-    are written over them. Queries are padded per cell to ``rows.width`` slots (not to the whole
-    sequence), so the attention works on ``[cell, head, width, pos]`` scores.
+    ``keys`` ``[cell, head, d_head, pos]`` and ``values`` ``[cell, head, pos, d_head]`` hold the keys
+    and values of the positions before each cell's rows (from the clean base run; the caller's own
+    copies): the rows' own are written over them. Keys are stored transposed so that the score
+    product reads both operands contiguously (on these many tiny products, half the time of a
+    transposed operand). Queries are padded per cell to ``rows.width`` slots (not to the whole
+    sequence), so the attention works on ``[cell, head, width, pos]`` scores: ``padded_queries``
+    ``[cell, head, width, d_head]`` is zero outside the rows' own slots, and the caller keeps it
+    from block to block (a cell's rows keep their slots, so only those are ever rewritten).
 
     Returns (new rows: all, or only ``query_rows`` at the last block; the rows' keys; values), the
     keys and values as ``[row, head, d_head]``. When every row queries (``query_rows`` None), the
     new rows are ``hidden`` itself, updated in place: it must be the caller's own tensor.
     """
     block = model.blocks[j]
-    n_cells, n_heads, n_pos, d_head = keys.shape
+    n_cells, n_heads, d_head, n_pos = keys.shape
     hd = n_heads * d_head
     normed = _layer_norm(block.ln1, hidden)
     if query_rows is None:  # every row queries: Q, K and V in one matmul
-        qkv = torch.addmm(weights.qkv_bias, normed, weights.qkv)
+        qkv = torch.addmm(weights.qkv_bias, normed, weights.qkv, out=scratch.take("qkv", (len(normed), 3 * hd), hidden))
         q, kv = qkv[:, :hd], qkv[:, hd:]
-        q_rows, q_cell, q_slot, width = slice(None), rows.cell, rows.slot, rows.width
-        query_pos = rows.first[:, None] + torch.arange(width, device=hidden.device)  # [cell, slot]
+        q_rows, q_cell, q_slot = slice(None), rows.cell, rows.slot
+        query_pos = rows.first[:, None] + torch.arange(rows.width, device=hidden.device)  # [cell, slot]
+        queries = padded_queries[:n_cells]
     else:  # last block: keys and values of every row, the query of the pooled row only
         kv = torch.addmm(weights.qkv_bias[hd:], normed, weights.qkv[:, hd:])
         q = torch.addmm(weights.qkv_bias[:hd], normed[query_rows], weights.qkv[:, :hd])
-        q_rows, q_cell, width = query_rows, rows.cell[query_rows], 1
+        q_rows, q_cell = query_rows, rows.cell[query_rows]
         q_slot = torch.zeros_like(query_rows)
         query_pos = cell_pool[:, None]
+        queries = hidden.new_zeros(n_cells, n_heads, 1, d_head)
     k, v = kv.unflatten(1, (2, n_heads, d_head)).unbind(1)
-    keys[rows.cell, :, rows.pos] = k
+    keys[rows.cell, :, :, rows.pos] = k
     values[rows.cell, :, rows.pos] = v
-    queries = hidden.new_zeros(n_cells, n_heads, width, d_head)
     queries[q_cell, :, q_slot] = q.unflatten(1, (n_heads, d_head))
-    scores = torch.matmul(queries, keys.transpose(-1, -2))  # [cell, head, slot, key]
+    scores = torch.matmul(queries, keys)  # [cell, head, slot, key]
     allowed = torch.arange(n_pos, device=hidden.device) <= query_pos[:, :, None]  # causal: key <= query
     scores.div_(math.sqrt(d_head)).masked_fill_(~allowed[:, None], float("-inf"))  # in place: no copies
     z = _head_rows(torch.matmul(_softmax_(scores), values), q_cell, q_slot)  # [row, head * d_head]
@@ -589,7 +645,8 @@ def _block(model, weights: _BlockWeights, kind, j, hidden, rows: _Rows, keys, va
     if kept is not None:
         mid[win] = kept
     mlp = block.mlp
-    hidden_mlp = torch.addmm(mlp.b_in, _layer_norm(block.ln2, mid), mlp.W_in)
+    normed = scratch.normed_ones(block.ln2, mid)
+    hidden_mlp = torch.mm(normed, weights.mlp_in, out=scratch.take("mlp", (len(normed), weights.mlp_in.shape[1]), mid))
     kept = _patched_sum(source, kind == "mlp", j, mid, rows, cell_run, q_rows, win)
     mid.addmm_(_activation_(model.cfg.act_fn, mlp, hidden_mlp), mlp.W_out).add_(mlp.b_out)
     if kept is not None:
