@@ -90,6 +90,15 @@ def test_engine_equals_oracle_resid(tiny, tiny64, pairs, fast, mode, direction):
     assert got.n_forward > 0 and got.n_base_equal > 0
 
 
+def test_more_heads_than_positions_and_an_inexact_score_scale(pairs):
+    """16 heads on items of 7..11 tokens (per-head index ranges must not be cut to the sequence), and
+    d_head 6, whose 1/sqrt(d_head), folded into the fast path's query weights, is not a power of 2."""
+    model = random_clip_text_encoder(n_layers=3, d_model=96, n_heads=16, seed=5, name="many-heads")
+    items = _items(model, pairs, PICKS[:3])
+    assert max(a.length for a in items) < model.cfg.n_heads and model.cfg.d_head == 6
+    _compare(model, items, TraceSpec(model.cfg.n_layers), "patch", "denoise", fast=True)
+
+
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "generic"])
 @pytest.mark.parametrize("kind,window", [("attn", 1), ("mlp", 1), ("resid", 2), ("attn", 2)])
 def test_engine_equals_oracle_kinds_and_windows(tiny, tiny64, pairs, fast, kind, window):

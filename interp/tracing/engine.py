@@ -364,17 +364,16 @@ def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, p
     # rows/cells active at block j are a prefix, since cells are sorted by start layer
     cells_by_block = torch.searchsorted(start, torch.arange(n_layers, device=device), right=True).tolist()
     rows_by_block = [int(offsets[n - 1] + counts[n - 1]) if n else 0 for n in cells_by_block]
-    # queries padded to the most rows of any cell, in one buffer kept across blocks (cells join it in
-    # order; in a residual sweep the widest cells start at the first block, so no block pads more)
-    width = int(counts.max())
     # every row starts from the clean base state at its cell's start layer; blocks update it in place
     hidden = base.resid[start[row_cell], row_run, row_pos]
-    queries = hidden.new_zeros(len(pos), model.cfg.n_heads, width, model.cfg.d_head)
+    # the attention's layout, padded to the widest cell (in a residual sweep those start at the first
+    # block, so no block pads more than it must)
+    all_rows = _rows_layout(row_cell, row_pos, pos, model.cfg.n_heads, model.cfg.d_head, base.values.shape[3], hidden)
     for j in range(n_layers):
         n_cells, n_rows = cells_by_block[j], rows_by_block[j]
         if n_rows == 0:
             continue
-        rows = _Rows(row_cell[:n_rows], row_pos[:n_rows], pos[:n_cells], width)
+        rows = all_rows.prefix(n_cells, n_rows)
         rows_run, active = row_run[:n_rows], hidden[:n_rows]
         in_win = (lo[rows.cell] <= j) & (j < hi[rows.cell]) & is_patch_row[:n_rows]
         if spec.kind == "resid" and bool(in_win.any()):  # hidden is this sweep's own tensor: edit in place
@@ -386,7 +385,7 @@ def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, p
         keys = torch.index_select(base.keys[j], 0, cell_run, out=fast.scratch.take("keys", (n_cells, *base.keys.shape[2:]), hidden))
         values = torch.index_select(base.values[j], 0, cell_run,
                                     out=fast.scratch.take("values", (n_cells, *base.values.shape[2:]), hidden))
-        out, _, _ = _block(model, fast.blocks[j], fast.scratch, spec.kind, j, active, rows, keys, values, queries, cell_run,
+        out, _, _ = _block(model, fast.blocks[j], fast.scratch, spec.kind, j, active, rows, keys, values, cell_run,
                            pool[:n_cells], source, in_win, query_rows)
     hidden = out
     # hidden now holds one row per cell: the pooled position after the last block
@@ -427,19 +426,42 @@ def _packed_rows(first: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
 
 @dataclass(frozen=True)
 class _Rows:
-    """Packed rows of the fast path: row r is position ``pos[r]`` of cell ``cell[r]``; a cell's rows
-    are contiguous and in position order, from its first position ``first[cell]``; ``width`` is the
-    most rows any cell has (the padded query length of the attention)."""
+    """Packed rows of the fast path and the attention's layout of them, built once per sweep of
+    blocks (:func:`_rows_layout`) and cut to the active cells per block (:meth:`prefix`).
+
+    Row r is position ``pos[r]`` of cell ``cell[r]``; a cell's rows are contiguous and in position
+    order, from its first position ``first[cell]``, at ``slot[r]`` = ``pos[r] - first[cell]``.
+    Queries are padded per cell to ``width`` slots (the most rows any cell has): ``queries``
+    ``[cell, head, width, d_head]`` is zero outside the rows' slots and is kept from block to block
+    (a cell's rows keep their slots, so only those are rewritten); ``blocked`` ``[cell, width, key]``
+    is the causal mask (key after the slot's position); ``head_index`` ``[row, head]`` is where each
+    row's heads sit in the flattened ``[cell * head * width]`` attention output."""
 
     cell: Int[Tensor, " row"]
     pos: Int[Tensor, " row"]
     first: Int[Tensor, " cell"]
     width: int
+    slot: Int[Tensor, " row"]
+    queries: Float[Tensor, "cell head width d_head"]
+    blocked: Bool[Tensor, "cell width key"]
+    head_index: Int[Tensor, "row head"]
 
-    @property
-    def slot(self) -> Int[Tensor, " row"]:
-        """Each row's place among its cell's rows (position minus the cell's first position)."""
-        return self.pos - self.first[self.cell]
+    def prefix(self, n_cells: int, n_rows: int) -> "_Rows":
+        """The first ``n_cells`` cells and their ``n_rows`` rows (the cells active at a block)."""
+        return _Rows(self.cell[:n_rows], self.pos[:n_rows], self.first[:n_cells], self.width, self.slot[:n_rows],
+                     self.queries[:n_cells], self.blocked[:n_cells], self.head_index[:n_rows])
+
+
+def _rows_layout(cell: Tensor, pos: Tensor, first: Tensor, n_heads: int, d_head: int, n_pos: int, like: Tensor) -> _Rows:
+    """The :class:`_Rows` of packed rows ``(cell, pos)`` whose cells start at ``first``."""
+    slot = pos - first[cell]
+    width = int(slot.max()) + 1
+    device = like.device
+    query_pos = first[:, None] + torch.arange(width, device=device)  # [cell, slot]
+    return _Rows(cell, pos, first, width, slot,
+                 queries=like.new_zeros(len(first), n_heads, width, d_head),
+                 blocked=torch.arange(n_pos, device=device) > query_pos[:, :, None],
+                 head_index=(cell[:, None] * n_heads + torch.arange(n_heads, device=device)) * width + slot[:, None])
 
 
 @dataclass(frozen=True)
@@ -528,9 +550,11 @@ def _fuse_weights(model) -> list[_BlockWeights]:
     weights = []
     for block in model.blocks:
         attn, mlp = block.attn, block.mlp
+        # the attention's 1/sqrt(d_head) rides on the query weights (exact when d_head is a power of 4, e.g. 64)
+        scale = 1 / math.sqrt(attn.cfg.d_head)
         weights.append(_BlockWeights(
-            qkv=torch.cat([w.permute(1, 0, 2).flatten(1) for w in (attn.W_Q, attn.W_K, attn.W_V)], dim=1),
-            qkv_bias=torch.cat([b.flatten() for b in (attn.b_Q, attn.b_K, attn.b_V)]),
+            qkv=torch.cat([w.permute(1, 0, 2).flatten(1) for w in (attn.W_Q * scale, attn.W_K, attn.W_V)], dim=1),
+            qkv_bias=torch.cat([b.flatten() for b in (attn.b_Q * scale, attn.b_K, attn.b_V)]),
             out=attn.W_O.flatten(0, 1),
             mlp_in=torch.cat([mlp.W_in, mlp.b_in[None]]),
         ))
@@ -556,14 +580,13 @@ def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor
 
     def sweep(x0, first, prefix_k, prefix_v, resid, keys, values):
         row_cell, row_pos = _packed_rows(first, pool)
-        rows = _Rows(row_cell, row_pos, first, int((pool - first + 1).max()))
         hidden = x0[row_cell, row_pos]
+        rows = _rows_layout(row_cell, row_pos, first, n_heads, d_head, n_pos, hidden)
         in_win = no_window.new_zeros(len(row_cell))
-        queries = hidden.new_zeros(n_runs, n_heads, rows.width, d_head)
         for j in range(n_layers):
             resid[j, row_cell, row_pos] = hidden
             hidden, k, v = _block(model, fast.blocks[j], fast.scratch, "resid", j, hidden, rows, prefix_k(j), prefix_v(j),
-                                  queries, runs, pool, None, in_win, None)
+                                  runs, pool, None, in_win, None)
             if keys is not None:
                 keys[j, row_cell, :, :, row_pos] = k
                 values[j, row_cell, :, row_pos] = v
@@ -594,8 +617,8 @@ def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor
     return base, source
 
 
-def _block(model, weights: _BlockWeights, scratch: _Scratch, kind, j, hidden, rows: _Rows, keys, values, padded_queries,
-           cell_run, cell_pool, source, in_win, query_rows):
+def _block(model, weights: _BlockWeights, scratch: _Scratch, kind, j, hidden, rows: _Rows, keys, values, cell_run,
+           cell_pool, source, in_win, query_rows):
     """Block j (pre-LN) on packed rows.
 
     ``keys`` ``[cell, head, d_head, pos]`` and ``values`` ``[cell, head, pos, d_head]`` hold the keys
@@ -603,9 +626,7 @@ def _block(model, weights: _BlockWeights, scratch: _Scratch, kind, j, hidden, ro
     copies): the rows' own are written over them. Keys are stored transposed so that the score
     product reads both operands contiguously (on these many tiny products, half the time of a
     transposed operand). Queries are padded per cell to ``rows.width`` slots (not to the whole
-    sequence), so the attention works on ``[cell, head, width, pos]`` scores: ``padded_queries``
-    ``[cell, head, width, d_head]`` is zero outside the rows' own slots, and the caller keeps it
-    from block to block (a cell's rows keep their slots, so only those are ever rewritten).
+    sequence), so the attention works on ``[cell, head, width, pos]`` scores (:class:`_Rows`).
 
     Returns (new rows: all, or only ``query_rows`` at the last block; the rows' keys; values), the
     keys and values as ``[row, head, d_head]``. When every row queries (``query_rows`` None), the
@@ -619,23 +640,21 @@ def _block(model, weights: _BlockWeights, scratch: _Scratch, kind, j, hidden, ro
         qkv = torch.addmm(weights.qkv_bias, normed, weights.qkv, out=scratch.take("qkv", (len(normed), 3 * hd), hidden))
         q, kv = qkv[:, :hd], qkv[:, hd:]
         q_rows, q_cell, q_slot = slice(None), rows.cell, rows.slot
-        query_pos = rows.first[:, None] + torch.arange(rows.width, device=hidden.device)  # [cell, slot]
-        queries = padded_queries[:n_cells]
+        queries, blocked, head_index = rows.queries, rows.blocked, rows.head_index
     else:  # last block: keys and values of every row, the query of the pooled row only
         kv = torch.addmm(weights.qkv_bias[hd:], normed, weights.qkv[:, hd:])
         q = torch.addmm(weights.qkv_bias[:hd], normed[query_rows], weights.qkv[:, :hd])
         q_rows, q_cell = query_rows, rows.cell[query_rows]
         q_slot = torch.zeros_like(query_rows)
-        query_pos = cell_pool[:, None]
         queries = hidden.new_zeros(n_cells, n_heads, 1, d_head)
+        blocked = torch.arange(n_pos, device=hidden.device) > cell_pool[:, None, None]  # [cell, 1, key]
+        head_index = q_cell[:, None] * n_heads + torch.arange(n_heads, device=hidden.device)
     k, v = kv.unflatten(1, (2, n_heads, d_head)).unbind(1)
     keys[rows.cell, :, :, rows.pos] = k
     values[rows.cell, :, rows.pos] = v
-    queries[q_cell, :, q_slot] = q.unflatten(1, (n_heads, d_head))
-    scores = torch.matmul(queries, keys)  # [cell, head, slot, key]
-    allowed = torch.arange(n_pos, device=hidden.device) <= query_pos[:, :, None]  # causal: key <= query
-    scores.div_(math.sqrt(d_head)).masked_fill_(~allowed[:, None], float("-inf"))  # in place: no copies
-    z = _head_rows(torch.matmul(_softmax_(scores), values), q_cell, q_slot)  # [row, head * d_head]
+    queries[q_cell, :, q_slot] = q.unflatten(1, (n_heads, d_head))  # pre-scaled by 1/sqrt(d_head) (_fuse_weights)
+    scores = torch.matmul(queries, keys).masked_fill_(blocked[:, None], float("-inf"))  # [cell, head, slot, key]
+    z = _head_rows(torch.matmul(_softmax_(scores), values), head_index)  # [row, head * d_head]
     # The residual adds ride on the output products: resid.addmm_(z, W_O) adds z @ W_O into the
     # residual rows in the GEMM's own pass (no attention-output tensor, no bias copy, no extra add).
     mid = hidden if query_rows is None else hidden[q_rows]  # all rows: in place; last block: a copy
@@ -685,12 +704,12 @@ def _softmax_(scores: Tensor) -> Tensor:
     return scores.div_(scores.sum(-1, keepdim=True))
 
 
-def _head_rows(x: Float[Tensor, "cell head slot d_head"], cell: Tensor, slot: Tensor) -> Float[Tensor, "row hd"]:
-    """Rows ``x[cell[r], :, slot[r]]`` as ``[row, head * d_head]``, by index_select on a flat view
-    (advanced indexing around a sliced axis takes a generic path several times slower)."""
-    n_cells, n_heads, n_slots, d_head = x.shape
-    flat = (cell[:, None] * n_heads + torch.arange(n_heads, device=x.device)) * n_slots + slot[:, None]
-    return x.reshape(-1, d_head).index_select(0, flat.flatten()).view(len(cell), n_heads * d_head)
+def _head_rows(x: Float[Tensor, "cell head slot d_head"], head_index: Int[Tensor, "row head"]) -> Float[Tensor, "row hd"]:
+    """Rows ``x[cell[r], :, slot[r]]`` as ``[row, head * d_head]``, ``head_index[r, h]`` being
+    ``(cell[r] * head + h) * slot + slot[r]``: index_select on a flat view (advanced indexing around
+    a sliced axis takes a generic path several times slower)."""
+    n_rows, n_heads = head_index.shape
+    return x.reshape(-1, x.shape[-1]).index_select(0, head_index.flatten()).view(n_rows, n_heads * x.shape[-1])
 
 
 def _layer_norm(ln, x: Tensor) -> Tensor:
