@@ -563,62 +563,77 @@ def _fuse_weights(model) -> list[_BlockWeights]:
 
 @torch.no_grad()
 def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor) -> tuple[CleanRun, CleanRun]:
-    """Clean base and source runs with the fast path's packed blocks (residual kind).
+    """Clean base and source runs with the fast path's packed blocks (residual kind), in one pass.
 
     The base run computes every real position up to the pooled one. The source run shares the
     base's prefix up to the first position where the two layer-0 inputs differ (by causality those
-    states are the base's, copied exactly) and computes only the positions from there on.
+    states are the base's, copied exactly) and computes only the positions from there on, reading
+    the base's keys and values of the prefix. Both runs' rows go through each block together (one
+    set of products per block instead of two).
     """
     cfg = model.cfg
-    n_layers, device = cfg.n_layers, base_x0.device
+    n_layers, device, dtype = cfg.n_layers, base_x0.device, base_x0.dtype
     n_runs, n_pos = batch.tokens.shape
     n_heads, d_head = cfg.n_heads, cfg.d_head
     fast = fast_model(model)
     pool = pool_positions(model, batch)
     runs = torch.arange(n_runs, device=device)
-    no_window = torch.zeros(0, dtype=torch.bool, device=device)
-
-    def sweep(x0, first, prefix_k, prefix_v, resid, keys, values):
-        row_cell, row_pos = _packed_rows(first, pool)
-        hidden = x0[row_cell, row_pos]
-        rows = _rows_layout(row_cell, row_pos, first, n_heads, d_head, n_pos, hidden)
-        in_win = no_window.new_zeros(len(row_cell))
-        for j in range(n_layers):
-            resid[j, row_cell, row_pos] = hidden
-            hidden, k, v = _block(model, fast.blocks[j], fast.scratch, "resid", j, hidden, rows, prefix_k(j), prefix_v(j),
-                                  runs, pool, None, in_win, None)
-            if keys is not None:
-                keys[j, row_cell, :, :, row_pos] = k
-                values[j, row_cell, :, row_pos] = v
-        resid[n_layers, row_cell, row_pos] = hidden
-        return row_cell, row_pos, hidden
-
-    # head-major, as the attention reads them: keys [pos] per d_head (transposed), values [d_head] per pos
-    keys = torch.zeros(n_layers, n_runs, n_heads, d_head, n_pos, device=device, dtype=base_x0.dtype)
-    values = torch.zeros(n_layers, n_runs, n_heads, n_pos, d_head, device=device, dtype=base_x0.dtype)
-    resid_b = torch.zeros(n_layers + 1, n_runs, n_pos, cfg.d_model, device=device, dtype=base_x0.dtype)
-    row_cell, row_pos, hidden = sweep(base_x0, torch.zeros_like(pool), lambda j: torch.zeros_like(keys[0]),
-                                      lambda j: torch.zeros_like(values[0]), resid_b, keys, values)
-    base_embedding = _pooled_embeddings(model, hidden[row_pos == pool[row_cell]])
-
     real = batch.attention_mask.to(device)
     differs = (base_x0 != source_x0).any(-1) & real
-    first = torch.where(differs.any(-1), differs.int().argmax(-1), pool + 1)
-    resid_s = resid_b.clone()
+    first = torch.where(differs.any(-1), differs.int().argmax(-1), pool + 1)  # pool + 1: no rows of its own
+    # cells 0..run-1: the base runs, from position 0; cells run..2 run-1: the source runs, from `first`
+    cell_first, cell_pool, cell_run = torch.cat([torch.zeros_like(first), first]), pool.repeat(2), runs.repeat(2)
+    row_cell, row_pos = _packed_rows(cell_first, cell_pool)
+    n_base_rows = int((pool + 1).sum())  # the base cells' rows come first
+    hidden = torch.cat([base_x0, source_x0])[row_cell, row_pos]
+    rows = _rows_layout(row_cell, row_pos, cell_first, n_heads, d_head, n_pos, hidden)
+    from_base = _PrefixFromBase(torch.arange(n_pos, device=device) < first[:, None])
+    base_rows = (row_cell[:n_base_rows], row_pos[:n_base_rows])
+    source_rows = (row_cell[n_base_rows:] - n_runs, row_pos[n_base_rows:])
+    # head-major, as the attention reads them: keys [pos] per d_head (transposed), values [d_head] per pos
+    keys = torch.zeros(n_layers, n_runs, n_heads, d_head, n_pos, device=device, dtype=dtype)
+    values = torch.zeros(n_layers, n_runs, n_heads, n_pos, d_head, device=device, dtype=dtype)
+    resid_b = torch.zeros(n_layers + 1, n_runs, n_pos, cfg.d_model, device=device, dtype=dtype)
+    resid_s = torch.empty_like(resid_b)
+    cell_keys, cell_values = keys.new_zeros(2 * n_runs, *keys.shape[2:]), values.new_zeros(2 * n_runs, *values.shape[2:])
+    no_window = torch.zeros(len(row_cell), dtype=torch.bool, device=device)
+    for j in range(n_layers + 1):
+        resid_b[j][base_rows] = hidden[:n_base_rows]
+        resid_s[j] = resid_b[j]  # the source's prefix is the base's
+        resid_s[j][source_rows] = hidden[n_base_rows:]
+        if j == n_layers:
+            break
+        hidden, k, v = _block(model, fast.blocks[j], fast.scratch, "resid", j, hidden, rows, cell_keys, cell_values,
+                              cell_run, cell_pool, None, no_window, None, from_base)
+        keys[j][base_rows[0], :, :, base_rows[1]] = k[:n_base_rows]
+        values[j][base_rows[0], :, base_rows[1]] = v[:n_base_rows]
+    at_pool = row_pos == cell_pool[row_cell]
+    embedding = _pooled_embeddings(model, hidden[at_pool])  # [cell] in cell order; no rows: no embedding
     has_rows = first <= pool
+    base_embedding = embedding[:n_runs]
     source_embedding = base_embedding.clone()  # runs whose source equals the base: the base's output
-    if bool(has_rows.any()):
-        row_cell, row_pos, hidden = sweep(source_x0, first, lambda j: keys[j].clone(), lambda j: values[j].clone(),
-                                          resid_s, None, None)
-        at_pool = row_pos == pool[row_cell]
-        source_embedding[row_cell[at_pool]] = _pooled_embeddings(model, hidden[at_pool])
+    source_embedding[has_rows] = embedding[n_runs:]
     base = CleanRun(states=resid_b, resid=resid_b, keys=keys, values=values, embedding=base_embedding)
     source = CleanRun(states=resid_s, resid=resid_s, keys=None, values=None, embedding=source_embedding)
     return base, source
 
 
+@dataclass(frozen=True)
+class _PrefixFromBase:
+    """For :func:`clean_runs_fast`'s joint pass: the second half of the cells (source runs) read the
+    keys and values of the first half (their base runs) at the positions where ``prefix`` ``[run,
+    pos]`` is True (before the first position where the two runs differ)."""
+
+    prefix: Bool[Tensor, "run pos"]
+
+    def copy(self, keys: Float[Tensor, "cell head d_head pos"], values: Float[Tensor, "cell head pos d_head"]) -> None:
+        n_runs = self.prefix.shape[0]
+        keys[n_runs:] = torch.where(self.prefix[:, None, None, :], keys[:n_runs], keys[n_runs:])
+        values[n_runs:] = torch.where(self.prefix[:, None, :, None], values[:n_runs], values[n_runs:])
+
+
 def _block(model, weights: _BlockWeights, scratch: _Scratch, kind, j, hidden, rows: _Rows, keys, values, cell_run,
-           cell_pool, source, in_win, query_rows):
+           cell_pool, source, in_win, query_rows, from_base: _PrefixFromBase | None = None):
     """Block j (pre-LN) on packed rows.
 
     ``keys`` ``[cell, head, d_head, pos]`` and ``values`` ``[cell, head, pos, d_head]`` hold the keys
@@ -652,6 +667,8 @@ def _block(model, weights: _BlockWeights, scratch: _Scratch, kind, j, hidden, ro
     k, v = kv.unflatten(1, (2, n_heads, d_head)).unbind(1)
     keys[rows.cell, :, :, rows.pos] = k
     values[rows.cell, :, rows.pos] = v
+    if from_base is not None:
+        from_base.copy(keys, values)
     queries[q_cell, :, q_slot] = q.unflatten(1, (n_heads, d_head))  # pre-scaled by 1/sqrt(d_head) (_fuse_weights)
     scores = torch.matmul(queries, keys).masked_fill_(blocked[:, None], float("-inf"))  # [cell, head, slot, key]
     z = _head_rows(torch.matmul(_softmax_(scores), values), head_index)  # [row, head * d_head]
