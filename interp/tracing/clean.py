@@ -23,7 +23,8 @@ class CleanRun:
 
     Attributes:
         states: ``[axis, batch, pos, d_model]``: the patchable state at every layer of the axis
-            (residual states 0..L, or attention / MLP outputs of blocks 0..L-1).
+            (residual states 0..L, or attention / MLP outputs of blocks 0..L-1). The causal fast
+            path's clean runs fill state L at the pooled position only, the one the output reads.
         resid: ``[L + 1, batch, pos, d_model]`` residual states (the inputs of a resumed run).
         keys: ``[L, batch, head, d_head, pos]`` per block, transposed as the causal fast path's
             score product reads them; values: ``[L, batch, head, pos, d_head]``; or None when not

@@ -569,7 +569,9 @@ def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor
     base's prefix up to the first position where the two layer-0 inputs differ (by causality those
     states are the base's, copied exactly) and computes only the positions from there on, reading
     the base's keys and values of the prefix. Both runs' rows go through each block together (one
-    set of products per block instead of two).
+    set of products per block instead of two). As in the sweep, the last block computes keys and
+    values of every row but the rest only on the pooled rows: the final state (``resid[L]``) is
+    filled at the pooled position only, the one position the output reads.
     """
     cfg = model.cfg
     n_layers, device, dtype = cfg.n_layers, base_x0.device, base_x0.dtype
@@ -597,19 +599,21 @@ def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor
     resid_s = torch.empty_like(resid_b)
     cell_keys, cell_values = keys.new_zeros(2 * n_runs, *keys.shape[2:]), values.new_zeros(2 * n_runs, *values.shape[2:])
     no_window = torch.zeros(len(row_cell), dtype=torch.bool, device=device)
-    for j in range(n_layers + 1):
+    pooled_rows = (row_pos == cell_pool[row_cell]).nonzero().squeeze(-1)  # one per cell with rows, in cell order
+    for j in range(n_layers):
         resid_b[j][base_rows] = hidden[:n_base_rows]
         resid_s[j] = resid_b[j]  # the source's prefix is the base's
         resid_s[j][source_rows] = hidden[n_base_rows:]
-        if j == n_layers:
-            break
         hidden, k, v = _block(model, fast.blocks[j], fast.scratch, "resid", j, hidden, rows, cell_keys, cell_values,
-                              cell_run, cell_pool, None, no_window, None, from_base)
+                              cell_run, cell_pool, None, no_window, pooled_rows if j == n_layers - 1 else None, from_base)
         keys[j][base_rows[0], :, :, base_rows[1]] = k[:n_base_rows]
         values[j][base_rows[0], :, base_rows[1]] = v[:n_base_rows]
-    at_pool = row_pos == cell_pool[row_cell]
-    embedding = _pooled_embeddings(model, hidden[at_pool])  # [cell] in cell order; no rows: no embedding
+    # hidden: the pooled rows after the last block, the base runs' first (every base run has one)
     has_rows = first <= pool
+    resid_b[n_layers, runs, pool] = hidden[:n_runs]
+    resid_s[n_layers] = resid_b[n_layers]
+    resid_s[n_layers, runs[has_rows], pool[has_rows]] = hidden[n_runs:]
+    embedding = _pooled_embeddings(model, hidden)
     base_embedding = embedding[:n_runs]
     source_embedding = base_embedding.clone()  # runs whose source equals the base: the base's output
     source_embedding[has_rows] = embedding[n_runs:]
