@@ -49,3 +49,29 @@ def test_first_difference_is_where_the_token_ids_part():
         p = first_difference(a)
         assert a.tokens_negated[:p] == a.tokens_affirmative[:p]
         assert a.tokens_negated[p] != a.tokens_affirmative[p]
+
+
+def test_bench_samples_the_matmul_rate_during_the_sweep_and_leaves_its_time_out(capsys):
+    """The bench's floor lines use a rate sampled between the sweep's chunks; the samples' time is
+    taken out of the sweep's, so the sweep reads the same with and without them (here: a sampler
+    made 50x slower must not move the sweep's CPU time by anything like its own cost)."""
+    import interp.benchmarks.trace as bench
+    from interp.models.loading import load_text_encoder
+
+    model = load_text_encoder("tiny", None, seed=0)
+    aligned, _ = align_pairs(load_existence_pairs().pairs, model.tokenizer)
+    items = aligned[:24]
+    sampler = bench._RateSampler(products=50)
+    (wall, cpu), stats = bench._time_engine(model, items, 4, 768, sampler)
+    n_chunks = len(chunk_plan(items, 4))
+    assert sampler.flops == n_chunks * 50 * 2.0 * 2048 * 512 * 2048
+    assert sampler.cpu > 0 and sampler.rates()[1] > 0
+    assert stats.items_computed == len(items)
+    assert cpu < sampler.cpu, "the sweep's CPU time must not include the samples' (50 big products per chunk)"
+    assert stats.engine_cpu <= cpu + 0.05
+
+    bench.main(["--model", "tiny", "--items", "8", "--slow-items", "2", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "sampled between the sweep's chunks" in out
+    floor_line = next(line for line in out.splitlines() if "floor of the cells + clean runs" in line)
+    assert floor_line.count("x, engine") == 3, floor_line  # in-sweep, before/after and engine-shape rates

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import tempfile
 import time
@@ -183,9 +184,45 @@ def _subset(items: Sequence[AlignedPair], k: int) -> list[AlignedPair]:
     return [order[int(i * step + step / 2)] for i in range(k)]
 
 
-def _time_engine(model, items, chunk_items, budget_mb):
+class _RateSampler:
+    """The big product's matmul rate sampled between the sweep's chunks, so that the floor's yardstick
+    is measured while the sweep runs: on a shared machine the rate drifts by 10% or more within a
+    minute, and a rate taken only before and after can fall in another phase than the sweep."""
+
+    def __init__(self, products: int = 2):
+        import torch
+
+        m, k, n = _MATMUL_SHAPE
+        self.operands = (torch.randn(n), torch.randn(m, k), torch.randn(k, n))
+        torch.addmm(*self.operands)
+        self.products, self.flops, self.wall, self.cpu = products, 0.0, 0.0, 0.0
+        self.overhead = (0.0, 0.0)  # (wall, CPU) of the untimed warm-up products
+
+    def sample(self) -> None:
+        """One untimed product (the sweep has evicted the operands from the caches: timed cold, the
+        rate would read low and flatter the sweep), then ``products`` timed ones."""
+        import torch
+
+        warm = _Clock()
+        torch.addmm(*self.operands)
+        self.overhead = tuple(a + b for a, b in zip(self.overhead, warm.stop()))
+        clock = _Clock()
+        for _ in range(self.products):
+            torch.addmm(*self.operands)
+        wall, cpu = clock.stop()
+        self.flops += self.products * 2.0 * math.prod(_MATMUL_SHAPE)
+        self.wall, self.cpu = self.wall + wall, self.cpu + cpu
+
+    def rates(self) -> tuple[float, float]:
+        """(GFLOP per wall second, GFLOP per CPU second) over all samples."""
+        return self.flops / max(self.wall, 1e-9) / 1e9, self.flops / max(self.cpu, 1e-9) / 1e9
+
+
+def _time_engine(model, items, chunk_items, budget_mb, sampler: _RateSampler | None = None):
     """The CLI's sweep, timed; ``stats.engine_cpu`` is the CPU time spent inside the engine
-    (:func:`~interp.tracing.engine.patched_scores`), the rest being token batches, layer-0 inputs and the table."""
+    (:func:`~interp.tracing.engine.patched_scores`), the rest being token batches, layer-0 inputs and the table.
+    With a ``sampler``, the big product's rate is sampled after every chunk; the samples' time is
+    taken out of the sweep's."""
     from interp.runs.rundir import ItemTable
     from interp.tracing import sweep
 
@@ -199,6 +236,8 @@ def _time_engine(model, items, chunk_items, budget_mb):
             return inner(*args, **kwargs)
         finally:
             engine_cpu[0] += time.process_time() - start
+            if sampler is not None:
+                sampler.sample()
 
     sweep.patched_scores = timed
     try:
@@ -207,7 +246,10 @@ def _time_engine(model, items, chunk_items, budget_mb):
             clock = _Clock()
             stats = sweep.run_sweep(model, items, lambda c, i: directions(c, i), table, TraceSpec(model.cfg.n_layers),
                                     chunk_items=chunk_items, budget_mb=budget_mb, progress=False)
-            seconds = clock.stop()
+            wall, cpu = clock.stop()
+            if sampler is not None:  # the samples' own time is not the sweep's
+                wall, cpu = wall - sampler.wall - sampler.overhead[0], cpu - sampler.cpu - sampler.overhead[1]
+            seconds = (wall, cpu)
     finally:
         sweep.patched_scores = inner
     stats.engine_cpu = engine_cpu[0]
@@ -311,7 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     compare_chunks = [int(c) for c in args.compare_chunks.split(",") if c.strip()]
     rates_before = measure_matmul_rates()
     peak = rates_before[0]
-    engine_s, stats = _time_engine(model, items, args.batch_size, args.budget_mb)
+    sampler = _RateSampler()
+    engine_s, stats = _time_engine(model, items, args.batch_size, args.budget_mb, sampler)
     chunk_runs = [(c, *_time_engine(model, items, c, args.budget_mb)) for c in compare_chunks]
     # the matmul rate on the engine's own GEMM shapes (recorded on a sample of the plan's chunks), per batch size
     shape_rates = {}
@@ -372,12 +415,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{' (extrapolated)' if extrapolated else ''} -> {(tl_full / n_cells_tl) / (e_wall / n_cells):.1f}x per cell",
         f"engine cells: {stats.cells_forward} by forward, {stats.cells_shortcut} by exact shortcuts",
         "",
-        f"matmul rates (GFLOP per CPU-s): one big [2048 x 512] @ [512 x 2048] product {rates[1]:.0f} (mean of before "
-        f"and after); the engine's own GEMM shapes " + ", ".join(
+        f"matmul rates (GFLOP per CPU-s): one big [2048 x 512] @ [512 x 2048] product {sampler.rates()[1]:.0f} "
+        f"sampled between the sweep's chunks ({sampler.products} timed products after each chunk and "
+        f"one warm-up, their time not counted in the sweep's), {rates[1]:.0f} before and after (mean); the engine's own GEMM shapes " + ", ".join(
             f"{r[0][1]:.0f} at --batch-size {c} ({r[1]} products of {r[2]} chunks)" for c, r in shape_rates.items()),
-        *(line for c, s, st in [(args.batch_size, engine_s, stats), *chunk_runs]
+        *floor_lines(model, items, engine_s, stats.engine_cpu,
+                     {"in-sweep big-matmul": sampler.rates(), "before/after big-matmul": rates,
+                      "engine-shape": shape_rates[args.batch_size][0]}, f"engine, full sweep, --batch-size {args.batch_size}"),
+        *(line for c, s, st in chunk_runs
           for line in floor_lines(model, items, s, st.engine_cpu,
-                                  {"big-matmul": rates, "engine-shape": shape_rates[c][0]},
+                                  {"before/after big-matmul": rates, "engine-shape": shape_rates[c][0]},
                                   f"engine, full sweep, --batch-size {c}")),
         f"parity on the subset: max |engine - loop| = {diff_ref:.2e}, max |engine - TL| = {diff_tl:.2e} (patched scores)",
     ]
