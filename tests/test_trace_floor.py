@@ -62,7 +62,7 @@ def test_bench_samples_the_matmul_rate_during_the_sweep_and_leaves_its_time_out(
     aligned, _ = align_pairs(load_existence_pairs().pairs, model.tokenizer)
     items = aligned[:24]
     sampler = bench._RateSampler(products=50)
-    (wall, cpu), stats = bench._time_engine(model, items, 4, 768, sampler)
+    (_, cpu), stats = bench._time_engine(model, items, 4, 768, sampler)
     n_chunks = len(chunk_plan(items, 4))
     assert sampler.flops == n_chunks * 50 * 2.0 * 2048 * 512 * 2048
     assert sampler.cpu > 0 and sampler.rates()[1] > 0
