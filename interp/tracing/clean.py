@@ -7,6 +7,7 @@ with noise added to some token embeddings) and a :class:`TokenBatch` that gives 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,9 @@ class CleanRun:
             score product reads them; values: ``[L, batch, head, pos, d_head]``; or None when not
             asked for.
         embedding: ``[batch, d_embed]`` the clean output.
+        queries: ``[L, batch, head, pos, d_head]`` per block, scaled by ``1/sqrt(d_head)`` (the fast
+            path reuses them for the rows a cell leaves unchanged at its first block; blocks 0..L-2
+            are filled), or None when not asked for.
         scores: ``[batch]`` score of the clean output against the run's direction (set by the
             engine once the directions are known: the text target's come from these embeddings).
     """
@@ -40,6 +44,7 @@ class CleanRun:
     values: Float[Tensor, "block batch head pos d_head"] | None
     embedding: Float[Tensor, "batch d_embed"]
     scores: Float[Tensor, " batch"] | None = None
+    queries: Float[Tensor, "block batch head pos d_head"] | None = None
 
 
 @torch.no_grad()
@@ -54,13 +59,15 @@ def clean_run(
     n_layers = model.cfg.n_layers
     resid_names = [model.resid_hook_name(layer) for layer in range(n_layers + 1)]
     state_names = spec.hook_names(model)
-    kv_names = [f"blocks.{b}.attn.hook_{w}" for b in range(n_layers) for w in ("k", "v")] if with_kv else []
+    kv_names = [f"blocks.{b}.attn.hook_{w}" for b in range(n_layers) for w in ("q", "k", "v")] if with_kv else []
     wanted = set(resid_names) | set(state_names) | set(kv_names)
     embedding, cache = model.run_with_cache(
         batch, start_at_layer=0, residual=x0, names_filter=lambda name: name in wanted
     )
-    keys = values = None
+    keys = values = queries = None
     if with_kv:
+        scale = 1 / math.sqrt(model.cfg.d_head)  # the fast path scales queries, not scores
+        queries = torch.stack([cache[f"blocks.{b}.attn.hook_q"].transpose(1, 2) * scale for b in range(n_layers)])
         # head-major, as the fast path's attention reads them: keys [block, batch, head, d_head, pos]
         keys = torch.stack([cache[f"blocks.{b}.attn.hook_k"].permute(0, 2, 3, 1) for b in range(n_layers)])
         values = torch.stack([cache[f"blocks.{b}.attn.hook_v"].transpose(1, 2) for b in range(n_layers)])
@@ -70,6 +77,7 @@ def clean_run(
         keys=keys,
         values=values,
         embedding=embedding,
+        queries=queries,
     )
 
 

@@ -353,17 +353,34 @@ def _fast_sweep(model, spec, batch, direction, base, source, cells, budget_mb) -
 
 
 def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, pool, fast: _FastModel) -> Tensor:
-    """One chunk of cells, sorted by start layer. Rows of cell c: positions pos[c]..pool[c]."""
+    """One chunk of cells, sorted by start layer. Rows of cell c: positions pos[c]..pool[c].
+
+    At its start block a cell's rows still hold the base run's state, except the row a residual
+    patch writes: their Q, K and V are the base run's (cached by the clean run), so the block
+    computes Q/K/V only for the rows already running and the patched rows. Rows are ordered by
+    start layer, then patched before unchanged, so at each block the rows that need Q/K/V are a
+    prefix and the unchanged ones the segment after it."""
     n_layers = model.cfg.n_layers
     device = run.device
     counts = pool - pos + 1
-    offsets = torch.cumsum(counts, 0) - counts
     row_cell, row_pos = _packed_rows(pos, pool)
-    row_run = run[row_cell]
+    # unchanged at the start block: every row but the one a residual patch writes (an attention /
+    # MLP patch replaces the sublayer's output, after Q/K/V)
     is_patch_row = row_pos == pos[row_cell]
-    # rows/cells active at block j are a prefix, since cells are sorted by start layer
-    cells_by_block = torch.searchsorted(start, torch.arange(n_layers, device=device), right=True).tolist()
-    rows_by_block = [int(offsets[n - 1] + counts[n - 1]) if n else 0 for n in cells_by_block]
+    unchanged = ~is_patch_row if spec.kind == "resid" else torch.ones_like(is_patch_row)
+    reuse = base.queries is not None
+    if reuse:  # stable sort on (start, unchanged): cells stay in order within each segment
+        order = torch.argsort(start[row_cell] * 2 + unchanged.long(), stable=True)
+        row_cell, row_pos, is_patch_row, unchanged = row_cell[order], row_pos[order], is_patch_row[order], unchanged[order]
+    row_run = run[row_cell]
+    # rows/cells active at block j are a prefix, since cells (and rows) are sorted by start layer
+    layers = torch.arange(n_layers, device=device)
+    cells_by_block = torch.searchsorted(start, layers, right=True).tolist()
+    row_start = start[row_cell]
+    rows_by_block = torch.searchsorted(row_start, layers, right=True).tolist()
+    # rows before which every row runs Q/K/V at block j: the earlier cells' and this block's patched rows
+    computed_by_block = (torch.searchsorted(row_start * 2 + unchanged.long(), layers * 2, right=True).tolist()
+                         if reuse else rows_by_block)
     # every row starts from the clean base state at its cell's start layer; blocks update it in place
     hidden = base.resid[start[row_cell], row_run, row_pos]
     # the attention's layout, padded to the widest cell (in a residual sweep those start at the first
@@ -375,18 +392,28 @@ def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, p
             continue
         rows = all_rows.prefix(n_cells, n_rows)
         rows_run, active = row_run[:n_rows], hidden[:n_rows]
+        n_computed = computed_by_block[j]
         in_win = (lo[rows.cell] <= j) & (j < hi[rows.cell]) & is_patch_row[:n_rows]
         if spec.kind == "resid" and bool(in_win.any()):  # hidden is this sweep's own tensor: edit in place
             active[in_win] = source.resid[j, rows_run[in_win], rows.pos[in_win]]
         last = j == n_layers - 1
-        query_rows = (rows.pos == pool[rows.cell]).nonzero().squeeze(-1) if last else None
+        if last:  # the pooled rows, in cell order (the rows are ordered by start layer first)
+            query_rows = (rows.pos == pool[rows.cell]).nonzero().squeeze(-1)
+            query_rows = query_rows[torch.argsort(rows.cell[query_rows])]
+        else:
+            query_rows = None
+        # this block's cells' unchanged rows: Q from the clean base run (their K/V are in the gathered copy)
+        base_q = None
+        if reuse and not last and n_computed < n_rows:
+            fresh = slice(n_computed, n_rows)
+            base_q = base.queries[j, rows_run[fresh], :, rows.pos[fresh]]
         # gathered copies of the base run's keys/values: the block writes the rows' own over them
         cell_run = run[:n_cells]
         keys = torch.index_select(base.keys[j], 0, cell_run, out=fast.scratch.take("keys", (n_cells, *base.keys.shape[2:]), hidden))
         values = torch.index_select(base.values[j], 0, cell_run,
                                     out=fast.scratch.take("values", (n_cells, *base.values.shape[2:]), hidden))
-        out, _, _ = _block(model, fast.blocks[j], fast.scratch, spec.kind, j, active, rows, keys, values, cell_run,
-                           pool[:n_cells], source, in_win, query_rows)
+        out, _, _, _ = _block(model, fast.blocks[j], fast.scratch, spec.kind, j, active, rows, keys, values, cell_run,
+                              pool[:n_cells], source, in_win, query_rows, base_q=base_q)
     hidden = out
     # hidden now holds one row per cell: the pooled position after the last block
     if spec.kind == "resid":
@@ -595,6 +622,7 @@ def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor
     # head-major, as the attention reads them: keys [pos] per d_head (transposed), values [d_head] per pos
     keys = torch.zeros(n_layers, n_runs, n_heads, d_head, n_pos, device=device, dtype=dtype)
     values = torch.zeros(n_layers, n_runs, n_heads, n_pos, d_head, device=device, dtype=dtype)
+    queries = torch.zeros_like(values)  # scaled by 1/sqrt(d_head), as the fast path's attention uses them
     resid_b = torch.zeros(n_layers + 1, n_runs, n_pos, cfg.d_model, device=device, dtype=dtype)
     resid_s = torch.empty_like(resid_b)
     cell_keys, cell_values = keys.new_zeros(2 * n_runs, *keys.shape[2:]), values.new_zeros(2 * n_runs, *values.shape[2:])
@@ -604,10 +632,13 @@ def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor
         resid_b[j][base_rows] = hidden[:n_base_rows]
         resid_s[j] = resid_b[j]  # the source's prefix is the base's
         resid_s[j][source_rows] = hidden[n_base_rows:]
-        hidden, k, v = _block(model, fast.blocks[j], fast.scratch, "resid", j, hidden, rows, cell_keys, cell_values,
-                              cell_run, cell_pool, None, no_window, pooled_rows if j == n_layers - 1 else None, from_base)
+        last = j == n_layers - 1
+        hidden, q, k, v = _block(model, fast.blocks[j], fast.scratch, "resid", j, hidden, rows, cell_keys, cell_values,
+                                 cell_run, cell_pool, None, no_window, pooled_rows if last else None, from_base)
         keys[j][base_rows[0], :, :, base_rows[1]] = k[:n_base_rows]
         values[j][base_rows[0], :, base_rows[1]] = v[:n_base_rows]
+        if not last:  # the sweep reuses them below the last block only
+            queries[j][base_rows[0], :, base_rows[1]] = q[:n_base_rows]
     # hidden: the pooled rows after the last block, the base runs' first (every base run has one)
     has_rows = first <= pool
     resid_b[n_layers, runs, pool] = hidden[:n_runs]
@@ -617,7 +648,7 @@ def clean_runs_fast(model, batch: TokenBatch, base_x0: Tensor, source_x0: Tensor
     base_embedding = embedding[:n_runs]
     source_embedding = base_embedding.clone()  # runs whose source equals the base: the base's output
     source_embedding[has_rows] = embedding[n_runs:]
-    base = CleanRun(states=resid_b, resid=resid_b, keys=keys, values=values, embedding=base_embedding)
+    base = CleanRun(states=resid_b, resid=resid_b, keys=keys, values=values, embedding=base_embedding, queries=queries)
     source = CleanRun(states=resid_s, resid=resid_s, keys=None, values=None, embedding=source_embedding)
     return base, source
 
@@ -637,7 +668,8 @@ class _PrefixFromBase:
 
 
 def _block(model, weights: _BlockWeights, scratch: _Scratch, kind, j, hidden, rows: _Rows, keys, values, cell_run,
-           cell_pool, source, in_win, query_rows, from_base: _PrefixFromBase | None = None):
+           cell_pool, source, in_win, query_rows, from_base: _PrefixFromBase | None = None,
+           base_q: Float[Tensor, "fresh head d_head"] | None = None):
     """Block j (pre-LN) on packed rows.
 
     ``keys`` ``[cell, head, d_head, pos]`` and ``values`` ``[cell, head, pos, d_head]`` hold the keys
@@ -647,19 +679,26 @@ def _block(model, weights: _BlockWeights, scratch: _Scratch, kind, j, hidden, ro
     transposed operand). Queries are padded per cell to ``rows.width`` slots (not to the whole
     sequence), so the attention works on ``[cell, head, width, pos]`` scores (:class:`_Rows`).
 
-    Returns (new rows: all, or only ``query_rows`` at the last block; the rows' keys; values), the
-    keys and values as ``[row, head, d_head]``. When every row queries (``query_rows`` None), the
-    new rows are ``hidden`` itself, updated in place: it must be the caller's own tensor.
+    ``base_q`` (not at the last block): the queries of the last ``len(base_q)`` rows, which hold the
+    base run's state unchanged (their cell starts here): Q/K/V are computed for the other rows only,
+    these rows' keys and values being the base's already in ``keys``/``values``.
+
+    Returns (new rows: all, or only ``query_rows`` at the last block; the computed rows' queries
+    (scaled), keys and values as ``[row, head, d_head]``). When every row queries (``query_rows``
+    None), the new rows are ``hidden`` itself, updated in place: it must be the caller's own tensor.
     """
     block = model.blocks[j]
     n_cells, n_heads, d_head, n_pos = keys.shape
     hd = n_heads * d_head
-    normed = _layer_norm(block.ln1, hidden)
+    n_computed = len(hidden) - (0 if base_q is None else len(base_q))
+    normed = _layer_norm(block.ln1, hidden[:n_computed])
     if query_rows is None:  # every row queries: Q, K and V in one matmul
-        qkv = torch.addmm(weights.qkv_bias, normed, weights.qkv, out=scratch.take("qkv", (len(normed), 3 * hd), hidden))
+        qkv = torch.addmm(weights.qkv_bias, normed, weights.qkv, out=scratch.take("qkv", (n_computed, 3 * hd), hidden))
         q, kv = qkv[:, :hd], qkv[:, hd:]
-        q_rows, q_cell, q_slot = slice(None), rows.cell, rows.slot
+        q_rows, q_cell, q_slot = slice(None), rows.cell[:n_computed], rows.slot[:n_computed]
         queries, blocked, head_index = rows.queries, rows.blocked, rows.head_index
+        if base_q is not None:
+            queries[rows.cell[n_computed:], :, rows.slot[n_computed:]] = base_q
     else:  # last block: keys and values of every row, the query of the pooled row only
         kv = torch.addmm(weights.qkv_bias[hd:], normed, weights.qkv[:, hd:])
         q = torch.addmm(weights.qkv_bias[:hd], normed[query_rows], weights.qkv[:, :hd])
@@ -669,11 +708,13 @@ def _block(model, weights: _BlockWeights, scratch: _Scratch, kind, j, hidden, ro
         blocked = torch.arange(n_pos, device=hidden.device) > cell_pool[:, None, None]  # [cell, 1, key]
         head_index = q_cell[:, None] * n_heads + torch.arange(n_heads, device=hidden.device)
     k, v = kv.unflatten(1, (2, n_heads, d_head)).unbind(1)
-    keys[rows.cell, :, :, rows.pos] = k
-    values[rows.cell, :, rows.pos] = v
+    k_cell, k_pos = rows.cell[:n_computed], rows.pos[:n_computed]
+    keys[k_cell, :, :, k_pos] = k
+    values[k_cell, :, k_pos] = v
     if from_base is not None:
         from_base.copy(keys, values)
-    queries[q_cell, :, q_slot] = q.unflatten(1, (n_heads, d_head))  # pre-scaled by 1/sqrt(d_head) (_fuse_weights)
+    q = q.unflatten(1, (n_heads, d_head))  # pre-scaled by 1/sqrt(d_head) (_fuse_weights)
+    queries[q_cell, :, q_slot] = q
     scores = torch.matmul(queries, keys).masked_fill_(blocked[:, None], float("-inf"))  # [cell, head, slot, key]
     z = _head_rows(torch.matmul(_softmax_(scores), values), head_index)  # [row, head * d_head]
     # The residual adds ride on the output products: resid.addmm_(z, W_O) adds z @ W_O into the
@@ -691,7 +732,7 @@ def _block(model, weights: _BlockWeights, scratch: _Scratch, kind, j, hidden, ro
     mid.addmm_(_activation_(model.cfg.act_fn, mlp, hidden_mlp), mlp.W_out).add_(mlp.b_out)
     if kept is not None:
         mid[win] = kept
-    return mid, k, v
+    return mid, q, k, v
 
 
 def _patched_sum(source, patched: bool, j, resid, rows: _Rows, cell_run, q_rows, win) -> Tensor | None:
