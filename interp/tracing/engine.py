@@ -362,7 +362,6 @@ def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, p
     prefix and the unchanged ones the segment after it."""
     n_layers = model.cfg.n_layers
     device = run.device
-    counts = pool - pos + 1
     row_cell, row_pos = _packed_rows(pos, pool)
     # unchanged at the start block: every row but the one a residual patch writes (an attention /
     # MLP patch replaces the sublayer's output, after Q/K/V)
