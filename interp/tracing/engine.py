@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 from interp.tracing.options import DEFAULT_BUDGET_MB  # noqa: E402,F401 - re-exported
 _FLOAT_BYTES = 4
+RUNS_PER_PASS = 8  # runs whose cells go through the blocks together (see _fast_sweep)
 FAST_POOLS = ("argmax", "eos", "last")
 
 
@@ -332,14 +333,20 @@ def _fast_sweep(model, spec, batch, direction, base, source, cells, budget_mb) -
     n_pos = batch.tokens.shape[1]
     row_bytes = (cfg.d_mlp * 2 + cfg.d_model * 8) * _FLOAT_BYTES
     cell_bytes = n_pos * (cfg.d_model * 4 + cfg.n_heads * n_pos * 3) * _FLOAT_BYTES
-    order = torch.argsort(start, stable=True)
+    # Cells pass through the blocks in groups of RUNS_PER_PASS runs, each group in start order: the
+    # clean runs above take all runs at once (larger products), while the attention of a pass pads
+    # to the longest of its own runs only (the sweep hands runs over sorted by length).
+    group = torch.div(run, RUNS_PER_PASS, rounding_mode="floor")
+    order = torch.argsort(group * (cfg.n_layers + 1) + start, stable=True)
     cost = (n_rows * row_bytes + cell_bytes)[order]
+    new_group = torch.ones_like(order, dtype=torch.bool)
+    new_group[1:] = group[order][1:] != group[order][:-1]
     budget = budget_mb * 2**20
     out = torch.empty(len(cells), device=device, dtype=base.scores.dtype)
-    # Greedy chunks in start order, so each chunk's cells still join the sweep in order.
+    # Greedy chunks in (group, start) order, so each chunk's cells still join the sweep in order.
     bounds, acc, begin = [], 0.0, 0
-    for i, c in enumerate(cost.tolist()):
-        if acc + c > budget and i > begin:
+    for i, (c, first_of_group) in enumerate(zip(cost.tolist(), new_group.tolist())):
+        if i > begin and (first_of_group or acc + c > budget):
             bounds.append((begin, i))
             begin, acc = i, 0.0
         acc += c
@@ -383,8 +390,9 @@ def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, p
     # every row starts from the clean base state at its cell's start layer; blocks update it in place
     hidden = base.resid[start[row_cell], row_run, row_pos]
     # the attention's layout, padded to the widest cell (in a residual sweep those start at the first
-    # block, so no block pads more than it must)
-    all_rows = _rows_layout(row_cell, row_pos, pos, model.cfg.n_heads, model.cfg.d_head, base.values.shape[3], hidden)
+    # block, so no block pads more than it must), keys to the longest of these cells' runs
+    n_pos = int(pool.max()) + 1
+    all_rows = _rows_layout(row_cell, row_pos, pos, model.cfg.n_heads, model.cfg.d_head, n_pos, hidden)
     for j in range(n_layers):
         n_cells, n_rows = cells_by_block[j], rows_by_block[j]
         if n_rows == 0:
@@ -408,9 +416,11 @@ def _fast_chunk(model, spec, direction, base, source, run, pos, start, lo, hi, p
             base_q = base.queries[j, rows_run[fresh], :, rows.pos[fresh]]
         # gathered copies of the base run's keys/values: the block writes the rows' own over them
         cell_run = run[:n_cells]
-        keys = torch.index_select(base.keys[j], 0, cell_run, out=fast.scratch.take("keys", (n_cells, *base.keys.shape[2:]), hidden))
-        values = torch.index_select(base.values[j], 0, cell_run,
-                                    out=fast.scratch.take("values", (n_cells, *base.values.shape[2:]), hidden))
+        n_heads, d_head = base.values.shape[2], base.values.shape[4]
+        keys = torch.index_select(base.keys[j, :, :, :, :n_pos], 0, cell_run,
+                                  out=fast.scratch.take("keys", (n_cells, n_heads, d_head, n_pos), hidden))
+        values = torch.index_select(base.values[j, :, :, :n_pos], 0, cell_run,
+                                    out=fast.scratch.take("values", (n_cells, n_heads, n_pos, d_head), hidden))
         out, _, _, _ = _block(model, fast.blocks[j], fast.scratch, spec.kind, j, active, rows, keys, values, cell_run,
                               pool[:n_cells], source, in_win, query_rows, base_q=base_q)
     hidden = out

@@ -39,10 +39,11 @@ from interp.tracing.spec import TraceSpec
 log = logging.getLogger(__name__)
 
 # Items traced together in one packed batch (they finish together, so a killed run loses at most
-# this chunk: under a second of compute on a ViT-B-32 text tower). Measured with
-# `python -m interp.bench trace --threads 1 --compare-chunks 16,32`: 8 items per chunk sweep the 490
-# pairs in 41.3 CPU s, 16 in 41.9, 32 in 44.9 (longer chunks pad each cell's attention more); an
-# earlier engine took ~97 s with 1 item per chunk, the batches being too small to fill the matmuls.
+# this chunk: about 2 CPU s of compute on a ViT-B-32 text tower). The engine's clean runs take the
+# whole chunk at once and its cells go through the blocks 8 runs at a time (engine.RUNS_PER_PASS),
+# so larger chunks cost no attention padding. Engine CPU time over the 490 pairs, chunk sizes
+# interleaved in one process: 8 items 34.7 s, 32 items 33.4, 64 items 33.8 (on every second pair:
+# 16 items 18.6, 24 18.8, 32 18.1, 48 18.0).
 from interp.tracing.options import DEFAULT_CHUNK_ITEMS  # noqa: E402,F401 - re-exported
 CELL_COLUMNS = [
     "item_id", "negation_side", "segment", "d", "length", "layer", "position", "role",
