@@ -15,6 +15,7 @@ import pytest
 
 from interp.benchmarks.trace import (
     clean_floor,
+    engine_flops,
     engine_gemm_shapes,
     first_difference,
     floor_cells,
@@ -47,6 +48,7 @@ def test_engine_dense_flops_cover_the_floor_and_little_more(deep_narrow):
     assert executed < floor, "below the last block the engine skips the unchanged rows' Q/K/V"
     # what it runs beyond the least: the last block's unchanged rows' K/V, the clean runs' output projection
     assert executed <= 1.01 * least
+    assert executed == pytest.approx(engine_flops(deep_narrow, items), rel=0.01)  # the bench's GFLOP/s column
 
 
 def test_first_difference_is_where_the_token_ids_part():
